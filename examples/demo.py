@@ -1,0 +1,26 @@
+"""The main job in three steps: build an index artifact, open it, query it."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from novelentitymatcher_faiss import build_index, load_index
+
+CATALOG = Path(__file__).with_name("universities.csv")
+QUERIES = ["harvrd univ", "MIT", "univ of cambrige", "Sorbonne", "stanford"]
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as workdir:
+        artifact = Path(workdir) / "universities-index"
+        build_index(CATALOG, artifact, model="potion-8m")
+        index = load_index(artifact)
+        print(index)
+        for query, hit in zip(QUERIES, index.match(QUERIES, threshold=0.3), strict=True):
+            found = f"{hit['id']:<40} {hit['score']:.3f}  ({hit['text']})" if hit else "no match"
+            print(f"{query!r:<20} -> {found}")
+
+
+if __name__ == "__main__":
+    main()

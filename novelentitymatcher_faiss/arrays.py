@@ -1,0 +1,76 @@
+"""``.npy`` helpers: pickle-free loading with checks, and streaming writes of 2-D arrays."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ArtifactCorruptError
+
+_HEADER_BYTES = 128  # a fixed v1.0 header, large enough for any (rows, cols) shape
+
+
+def load_array(path: Path, dtype: type, ndim: int, mmap: bool = True) -> np.ndarray:
+    """``np.load`` a ``.npy`` with pickle disabled, checking dtype and rank.
+
+    Raises :class:`ArtifactCorruptError` naming ``path`` for anything unreadable.
+    """
+    try:
+        array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise ArtifactCorruptError(
+            f"{path}: unreadable .npy ({exc}); rebuild the artifact"
+        ) from None
+    if array.dtype != np.dtype(dtype) or array.ndim != ndim:
+        raise ArtifactCorruptError(
+            f"{path}: expected {np.dtype(dtype)} with {ndim} dimension(s), "
+            f"found {array.dtype} with shape {array.shape}"
+        )
+    return array
+
+
+def _header(rows: int, cols: int, dtype: np.dtype) -> bytes:
+    text = repr({"descr": dtype.str, "fortran_order": False, "shape": (rows, cols)})
+    body = text.encode("latin1")
+    pad = _HEADER_BYTES - 10 - len(body) - 1
+    if pad < 0:
+        raise ValueError(f"shape ({rows}, {cols}) does not fit a {_HEADER_BYTES}-byte header")
+    return (
+        b"\x93NUMPY\x01\x00"
+        + (_HEADER_BYTES - 10).to_bytes(2, "little")
+        + body
+        + b" " * pad
+        + b"\n"
+    )
+
+
+class NpyRowWriter:
+    """Append C-contiguous rows of shape (k, cols) to a ``.npy`` whose row count grows.
+
+    The file is readable by ``np.load`` once :meth:`close` has rewritten the header, and
+    can be memory-mapped meanwhile with :meth:`view` (rows written so far).
+    """
+
+    def __init__(self, path: Path, cols: int, dtype: type = np.float32) -> None:
+        self.path, self.cols, self.dtype, self.rows = path, cols, np.dtype(dtype), 0
+        self._handle = open(path, "wb")  # noqa: SIM115 - closed in close()
+        self._handle.write(_header(0, cols, self.dtype))
+
+    def append(self, block: np.ndarray) -> None:
+        if block.ndim != 2 or block.shape[1] != self.cols:
+            raise ValueError(f"expected rows of width {self.cols}, got shape {block.shape}")
+        self._handle.write(np.ascontiguousarray(block, dtype=self.dtype).tobytes())
+        self.rows += len(block)
+
+    def close(self) -> None:
+        self._handle.seek(0)
+        self._handle.write(_header(self.rows, self.cols, self.dtype))
+        self._handle.close()
+
+    def view(self) -> np.ndarray:
+        """Read-only memory map of the rows written so far, shape (rows, cols)."""
+        self._handle.flush()
+        if self.rows == 0:
+            return np.zeros((0, self.cols), self.dtype)
+        return np.memmap(self.path, self.dtype, "r", _HEADER_BYTES, (self.rows, self.cols))

@@ -1,0 +1,280 @@
+"""The on-disk artifact: file names, manifest, atomic writes and integrity checks.
+
+An artifact is a directory::
+
+    manifest.json            format version, versions, model, settings, counts, file hashes
+    index.faiss              the FAISS index (inner product on L2-normalized vectors)
+    row_entity.npy           int64 (n_vectors,): vector row -> entity row
+    texts.bin (+ .offsets)   the original name/alias text of every vector row
+    ids.bin (+ .offsets)     the id of every entity row
+    entities.jsonl (+ .offsets)  one JSON record per entity row (id, name, aliases, metadata)
+    vectors.npy              optional float32 (n_vectors, dim), for exact re-rank and updates
+    model/                   optional bundled model folder
+
+Nothing is pickled. Every file is listed in the manifest with its size and sha256.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from .errors import (
+    ArtifactCorruptError,
+    ArtifactError,
+    ArtifactExistsError,
+    ArtifactIncompatibleError,
+    ArtifactMissingError,
+)
+
+FORMAT = "nem-faiss-index"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+INDEX_FILE = "index.faiss"
+ROW_ENTITY_FILE = "row_entity.npy"
+VECTORS_FILE = "vectors.npy"
+MODEL_DIR = "model"
+MAX_MANIFEST_BYTES = 64 * 1024 * 1024
+_REQUIRED_KEYS = {
+    "format": str,
+    "format_version": int,
+    "library_version": str,
+    "faiss_version": str,
+    "model": dict,
+    "normalizer": dict,
+    "index": dict,
+    "counts": dict,
+    "files": dict,
+}
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def list_files(directory: Path) -> list[str]:
+    """Relative POSIX paths of every regular file under ``directory``, sorted."""
+    return sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file())
+
+
+def file_records(directory: Path) -> dict[str, dict[str, Any]]:
+    """``{relative path: {"size": int, "sha256": str}}`` for every file but the manifest."""
+    return {
+        name: {"size": (directory / name).stat().st_size, "sha256": sha256_file(directory / name)}
+        for name in list_files(directory)
+        if name != MANIFEST
+    }
+
+
+def member(directory: Path, name: str) -> Path:
+    """Resolve a manifest file name inside ``directory``, refusing escapes and symlinks."""
+    rel = Path(name)
+    if not name or rel.is_absolute() or ".." in rel.parts or "\\" in name:
+        raise ArtifactCorruptError(
+            f"{directory / MANIFEST}: file name {name!r} escapes the artifact directory"
+        )
+    path = directory / rel
+    for parent in [path, *path.parents]:
+        if parent == directory:
+            break
+        if parent.is_symlink():
+            raise ArtifactCorruptError(f"{path}: symbolic links are not allowed inside an artifact")
+    return path
+
+
+def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
+    """Write ``manifest.json`` (UTF-8, sorted keys) and fsync it."""
+    data = json.dumps(manifest, indent=2, sort_keys=True, allow_nan=False).encode("utf-8")
+    with open(directory / MANIFEST, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def read_manifest(directory: Path) -> dict[str, Any]:
+    """Read and type-check ``manifest.json``; raises an :class:`ArtifactError` subclass."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ArtifactMissingError(f"{directory}: no artifact directory here; build one first")
+    path = directory / MANIFEST
+    if not path.is_file() or path.is_symlink():
+        raise ArtifactMissingError(f"{path}: manifest missing; this is not a complete artifact")
+    if path.stat().st_size > MAX_MANIFEST_BYTES:
+        raise ArtifactCorruptError(f"{path}: manifest is implausibly large")
+    try:
+        manifest = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArtifactCorruptError(
+            f"{path}: not valid JSON ({exc}); rebuild the artifact"
+        ) from None
+    if not isinstance(manifest, dict):
+        raise ArtifactCorruptError(f"{path}: the manifest must be a JSON object")
+    for key, kind in _REQUIRED_KEYS.items():
+        if not isinstance(manifest.get(key), kind) or isinstance(manifest.get(key), bool):
+            raise ArtifactCorruptError(f"{path}: field {key!r} missing or not a {kind.__name__}")
+    if manifest["format"] != FORMAT:
+        raise ArtifactIncompatibleError(f"{path}: format {manifest['format']!r} is not {FORMAT!r}")
+    if manifest["format_version"] > FORMAT_VERSION:
+        raise ArtifactIncompatibleError(
+            f"{path}: format version {manifest['format_version']} is newer than this library "
+            f"reads ({FORMAT_VERSION}); upgrade novelentitymatcher-faiss"
+        )
+    if manifest["format_version"] < 1:
+        raise ArtifactCorruptError(f"{path}: invalid format version {manifest['format_version']}")
+    _check_faiss_version(path, manifest["faiss_version"])
+    return manifest
+
+
+def _check_faiss_version(path: Path, written_by: str) -> None:
+    import faiss
+
+    def major_minor(version: str) -> tuple[int, int]:
+        try:
+            major, minor = version.split(".")[:2]
+            return int(major), int(minor)
+        except ValueError:
+            raise ArtifactCorruptError(f"{path}: invalid faiss_version {version!r}") from None
+
+    if major_minor(written_by) > major_minor(faiss.__version__):
+        raise ArtifactIncompatibleError(
+            f"{path}: written by faiss {written_by}, newer than the installed faiss "
+            f"{faiss.__version__}; upgrade faiss-cpu to open it"
+        )
+
+
+def check_files(directory: Path, manifest: dict[str, Any], *, full: bool) -> None:
+    """Check every listed file exists with its recorded size (and sha256 when ``full``).
+
+    Files present on disk but absent from the manifest are reported too.
+    """
+    directory = Path(directory)
+    files = manifest["files"]
+    for name, record in files.items():
+        path = member(directory, name)
+        if not isinstance(record, dict) or not isinstance(record.get("size"), int):
+            raise ArtifactCorruptError(f"{directory / MANIFEST}: bad file record for {name!r}")
+        if not path.is_file():
+            raise ArtifactMissingError(f"{path}: listed in the manifest but missing")
+        size = path.stat().st_size
+        if size != record["size"]:
+            raise ArtifactCorruptError(
+                f"{path}: size {size} bytes, manifest says {record['size']}; "
+                "the file is truncated or replaced, rebuild or re-copy the artifact"
+            )
+        if full and sha256_file(path) != record.get("sha256"):
+            raise ArtifactCorruptError(
+                f"{path}: sha256 does not match the manifest; the file is damaged"
+            )
+    extra = sorted(set(list_files(directory)) - set(files) - {MANIFEST})
+    if extra:
+        raise ArtifactCorruptError(
+            f"{directory}: unexpected file(s) {extra[:5]} not listed in the manifest; "
+            "remove them or re-copy the artifact"
+        )
+
+
+def open_faiss_index(path: Path, *, mmap: bool = True):  # noqa: ANN201 - a faiss.Index
+    """Open a FAISS index file read-only, memory-mapped with ``IO_FLAG_MMAP_IFC`` by default.
+
+    FAISS read errors become :class:`ArtifactCorruptError` naming ``path``.
+    """
+    import faiss
+
+    flags = faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY if mmap else faiss.IO_FLAG_READ_ONLY
+    try:
+        return faiss.read_index(str(path), flags)
+    except (RuntimeError, MemoryError) as exc:
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise ArtifactCorruptError(f"{path}: FAISS cannot read this index ({reason})") from None
+
+
+def fsync_tree(directory: Path) -> None:
+    """fsync every file and folder under ``directory`` (and the folder itself)."""
+    for root, _dirs, names in os.walk(directory):
+        for name in names:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(root))
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_directory(target: Path, *, overwrite: bool) -> Iterator[Path]:
+    """Yield a temp dir beside ``target``; on success fsync it and swap it into place.
+
+    On any error the temp dir is removed and an existing ``target`` is left untouched.
+    An existing ``target`` is replaced only when ``overwrite`` is true.
+    """
+    target = Path(target).absolute()
+    if target.exists() and not overwrite:
+        raise ArtifactExistsError(f"{target}: already exists; pass overwrite=True to replace it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:12]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        fsync_tree(tmp)
+        _swap_into_place(tmp, target, overwrite=overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _swap_into_place(tmp: Path, target: Path, *, overwrite: bool) -> None:
+    if not target.exists():
+        try:
+            os.rename(tmp, target)  # fails if another writer created target meanwhile
+        except OSError as exc:
+            if not overwrite:
+                raise ArtifactExistsError(f"{target}: created by another build meanwhile") from exc
+        else:
+            _fsync_dir(target.parent)
+            return
+    if not overwrite:
+        raise ArtifactExistsError(f"{target}: already exists; pass overwrite=True to replace it")
+    if not target.is_dir() or target.is_symlink():
+        raise ArtifactError(f"{target}: exists and is not an artifact directory; not replacing it")
+    if _rename_exchange(tmp, target):
+        # tmp now holds the previous artifact; readers that mapped it keep their mappings.
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:12]}"
+        os.rename(target, old)
+        os.rename(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    _fsync_dir(target.parent)
+
+
+def _rename_exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux ``renameat2(RENAME_EXCHANGE)``); False if unsupported."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    result = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
+    return result == 0

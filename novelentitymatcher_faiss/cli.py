@@ -1,0 +1,204 @@
+"""``nem-faiss``: build, query, inspect and verify index artifacts; manage models."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from .errors import NemFaissError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nem-faiss", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    build = commands.add_parser("build", help="encode a catalog into an index artifact")
+    build.add_argument(
+        "catalog", help="catalog file: .csv (aliases '|'-separated), .jsonl or .json"
+    )
+    build.add_argument("--out", required=True, help="artifact directory to write")
+    build.add_argument("--model", default="potion-8m", help="registry alias, hub id or folder")
+    build.add_argument("--dim", type=int, default=None, help="truncate vectors to this dimension")
+    build.add_argument(
+        "--index", default="auto", help="auto, flat, ivf, ivf-sq8, ivf-pq or a factory string"
+    )
+    build.add_argument("--nprobe", type=int, default=None, help="fix nprobe instead of tuning it")
+    build.add_argument("--batch-size", type=int, default=1024)
+    build.add_argument(
+        "--bundle-model", action="store_true", help="copy the model into the artifact"
+    )
+    build.add_argument("--no-normalize", action="store_true", help="do not normalize texts")
+    build.add_argument("--overwrite", action="store_true", help="replace an existing artifact")
+    build.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    query = commands.add_parser("query", help="match texts (arguments, or one per stdin line)")
+    query.add_argument("artifact")
+    query.add_argument("texts", nargs="*")
+    query.add_argument("--top-k", type=int, default=1)
+    query.add_argument("--threshold", type=float, default=None)
+    query.add_argument("--nprobe", type=int, default=None)
+    query.add_argument("--json", action="store_true", help="one JSON line per query")
+
+    info = commands.add_parser("info", help="print an artifact's manifest summary")
+    info.add_argument("artifact")
+    info.add_argument("--json", action="store_true", help="print the whole manifest")
+
+    verify = commands.add_parser("verify", help="check every file's size and sha256")
+    verify.add_argument("artifact")
+
+    models = commands.add_parser("models", help="list, fetch or locate models")
+    model_commands = models.add_subparsers(dest="models_command", required=True)
+    model_commands.add_parser("list", help="the registry, with cache status")
+    fetch = model_commands.add_parser("fetch", help="download a model into the cache")
+    fetch.add_argument("name")
+    where = model_commands.add_parser("path", help="print a cached model's folder")
+    where.add_argument("name")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``nem-faiss``; returns the exit status (2 for library errors)."""
+    args = _parser().parse_args(argv)
+    try:
+        handler = {
+            "build": _build,
+            "query": _query,
+            "info": _info,
+            "verify": _verify,
+            "models": _models,
+        }[args.command]
+        return handler(args)
+    except NemFaissError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return 0
+
+
+def _build(args: argparse.Namespace) -> int:
+    from .build import build_index
+
+    index = build_index(
+        args.catalog,
+        args.out,
+        model=args.model,
+        embedding_dim=args.dim,
+        index_type=args.index,
+        nprobe=args.nprobe,
+        batch_size=args.batch_size,
+        normalize=not args.no_normalize,
+        bundle_model=args.bundle_model,
+        overwrite=args.overwrite,
+        show_progress=not args.quiet,
+    )
+    print(index)
+    return 0
+
+
+def _print_hits(text: str, hits: list[dict[str, Any]], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({"query": text, "matches": hits}, ensure_ascii=False), flush=True)
+        return
+    if not hits:
+        print(f"{text}\t-\t(no match)")
+    for hit in hits:
+        print(f"{text}\t{hit['id']}\t{hit['score']:.4f}\t{hit['text']}")
+
+
+def _query(args: argparse.Namespace) -> int:
+    from .match_index import load_index
+
+    index = load_index(args.artifact)
+    kwargs = {"top_k": args.top_k, "threshold": args.threshold, "nprobe": args.nprobe}
+    if args.texts:
+        batches = [args.texts]
+        as_json = args.json
+    else:  # one query per stdin line, one JSON line out per query
+        batches = _stdin_batches()
+        as_json = True
+    for texts in batches:
+        results = index.match(list(texts), **kwargs)
+        for text, hits in zip(texts, results, strict=True):
+            _print_hits(text, hits if isinstance(hits, list) else [hits] if hits else [], as_json)
+    return 0
+
+
+def _stdin_batches(size: int = 1024) -> Any:
+    batch: list[str] = []
+    for line in sys.stdin:
+        batch.append(line.rstrip("\n"))
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _info(args: argparse.Namespace) -> int:
+    from .artifact import read_manifest
+
+    manifest = read_manifest(args.artifact)
+    if args.json:
+        print(json.dumps(manifest, indent=2, sort_keys=True))
+        return 0
+    model, index, counts = manifest["model"], manifest["index"], manifest["counts"]
+    size = sum(record["size"] for record in manifest["files"].values())
+    print(f"artifact:   {args.artifact}")
+    print(
+        f"format:     {manifest['format']} v{manifest['format_version']}, "
+        f"library {manifest['library_version']}, faiss {manifest['faiss_version']}"
+    )
+    print(
+        f"model:      {model['name']} ({model['backend']}), "
+        f"dim {model['dim']}/{model['native_dim']}, bundled: {model['bundled']}"
+    )
+    print(
+        f"index:      {index['type']} ({index['factory']}), "
+        f"nlist {index['nlist']}, nprobe {index['nprobe']}"
+    )
+    print(f"counts:     {counts['entities']} entities, {counts['vectors']} vectors")
+    print(f"size:       {size / 1e6:.1f} MB in {len(manifest['files'])} files")
+    print(f"built:      {manifest.get('created_at')} in {manifest.get('build_seconds')} s")
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from .match_index import load_index
+
+    index = load_index(args.artifact, verify="full")
+    print(f"ok: {args.artifact} ({len(index.manifest['files'])} files, sha256 verified)")
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from . import registry, sources
+
+    if args.models_command == "list":
+        print(f"{'alias':<11} {'backend':<22} {'dim':>5} {'mrl':<4} {'train':<5} {'cached':<6} id")
+        for spec in registry.list_models():
+            cached = "yes" if sources.is_cached(spec.alias) else "no"
+            print(
+                f"{spec.alias:<11} {spec.backend:<22} {spec.native_dim:>5} "
+                f"{'yes' if spec.mrl else 'no':<4} {'yes' if spec.trainable else 'no':<5} "
+                f"{cached:<6} {spec.model_id}"
+            )
+        return 0
+    if args.models_command == "fetch":
+        print(sources.fetch_model(args.name, show_progress=True))
+        return 0
+    path = sources.model_path(args.name)
+    if path is None:
+        print(
+            f"error: {args.name!r} is not cached; run `nem-faiss models fetch {args.name}`",
+            file=sys.stderr,
+        )
+        return 1
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

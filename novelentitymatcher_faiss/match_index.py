@@ -1,0 +1,289 @@
+"""Query path: open an artifact (memory-mapped, checked) and match texts against it.
+
+Per query batch: normalize, encode once, one FAISS ``search``, vectorized best-alias-per-
+entity, threshold, then result dicts in upstream's shape ``{"id", "score", "text"}``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .arrays import load_array
+from .artifact import (
+    INDEX_FILE,
+    MODEL_DIR,
+    ROW_ENTITY_FILE,
+    VECTORS_FILE,
+    check_files,
+    member,
+    open_faiss_index,
+    read_manifest,
+)
+from .encoders import Encoder, load_encoder
+from .errors import ArtifactCorruptError, FingerprintMismatchError, QueryError
+from .normalize import NormalizerSettings, normalize_text
+from .search import best_per_entity, search
+from .strings import StringTable
+
+Result = dict[str, Any]
+VERIFY_MODES = ("fast", "full")
+
+
+def load_index(
+    path: str | Path, *, mmap: bool = True, verify: str = "fast", encoder: Encoder | None = None
+) -> MatchIndex:
+    """Open an artifact directory; the encoder loads lazily at the first text query.
+
+    ``verify="fast"`` checks the manifest, file sizes and FAISS compatibility;
+    ``"full"`` also checks every file's sha256. ``mmap=True`` maps the index with
+    ``IO_FLAG_MMAP_IFC | IO_FLAG_READ_ONLY`` so no vectors are read into RAM.
+    """
+    if verify not in VERIFY_MODES:
+        raise ValueError(f"verify must be one of {VERIFY_MODES}, got {verify!r}")
+    path = Path(path)
+    manifest = read_manifest(path)
+    check_files(path, manifest, full=verify == "full")
+    return MatchIndex(path, manifest, mmap=mmap, encoder=encoder)
+
+
+class MatchIndex:
+    """An opened, read-only artifact. Thread-safe for concurrent ``match`` calls."""
+
+    def __init__(
+        self,
+        path: Path,
+        manifest: dict[str, Any],
+        *,
+        mmap: bool = True,
+        encoder: Encoder | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.manifest = manifest
+        try:
+            model, counts, info = manifest["model"], manifest["counts"], manifest["index"]
+            self.dim = int(model["dim"])
+            self.n_entities = int(counts["entities"])
+            self.n_vectors = int(counts["vectors"])
+            self._fetch_per_entity = max(1, int(counts["max_vectors_per_entity"]))
+            self.nprobe = info.get("nprobe")
+            self._rerank = int(info.get("rerank") or 0)
+            self.normalizer = NormalizerSettings.from_dict(manifest["normalizer"])
+            self._max_chars = int(manifest.get("max_text_chars", 2048))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ArtifactCorruptError(
+                f"{path / 'manifest.json'}: malformed field ({exc!r})"
+            ) from None
+        self.index = open_faiss_index(member(self.path, INDEX_FILE), mmap=mmap)
+        self.row_entity = load_array(
+            member(self.path, ROW_ENTITY_FILE), np.int64, ndim=1, mmap=mmap
+        )
+        self.texts = StringTable(self.path, "texts")
+        self.ids = StringTable(self.path, "ids")
+        self.records = StringTable(self.path, "entities", ext=".jsonl")
+        vectors_path = self.path / VECTORS_FILE
+        self.vectors = (
+            load_array(vectors_path, np.float32, ndim=2) if vectors_path.exists() else None
+        )
+        self._check_consistency(info)
+        self._encoder = encoder
+        self._encoder_checked = False
+        self._lock = threading.Lock()
+        self._id_to_row: dict[str, int] | None = None
+
+    def _check_consistency(self, info: dict[str, Any]) -> None:
+        where = self.path / "manifest.json"
+        problems = []
+        if self.index.ntotal != self.n_vectors:
+            problems.append(
+                f"index holds {self.index.ntotal} vectors, manifest says {self.n_vectors}"
+            )
+        if self.index.d != self.dim:
+            problems.append(f"index dimension {self.index.d}, manifest says {self.dim}")
+        if self.index.metric_type != 0:  # faiss.METRIC_INNER_PRODUCT
+            problems.append("index metric is not inner product")
+        if type(self.index).__name__ != info.get("faiss_class"):
+            problems.append(
+                f"index type {type(self.index).__name__}, manifest says {info.get('faiss_class')}"
+            )
+        if len(self.row_entity) != self.n_vectors or len(self.texts) != self.n_vectors:
+            problems.append("row map or texts do not have one row per vector")
+        if len(self.ids) != self.n_entities or len(self.records) != self.n_entities:
+            problems.append("ids or entities do not have one row per entity")
+        if len(self.row_entity) and not (
+            int(self.row_entity.min()) >= 0 and int(self.row_entity.max()) < self.n_entities
+        ):
+            problems.append("row map points outside the entity table")
+        if self.vectors is not None and self.vectors.shape != (self.n_vectors, self.dim):
+            problems.append(f"vectors.npy shape {self.vectors.shape} does not match the counts")
+        if problems:
+            raise ArtifactCorruptError(
+                f"{where}: " + "; ".join(problems) + "; rebuild the artifact"
+            )
+
+    # -- encoder -----------------------------------------------------------------------
+    @property
+    def encoder(self) -> Encoder:
+        """The query encoder, loaded at first use; its fingerprint must match the manifest."""
+        if self._encoder_checked:
+            return self._encoder
+        with self._lock:
+            if self._encoder is None:
+                self._encoder = self._load_encoder()
+            expected = self.manifest["model"]["fingerprint"]
+            if self._encoder.fingerprint != expected or self._encoder.dim != self.dim:
+                raise FingerprintMismatchError(
+                    f"{self.path}: the query encoder ({self._encoder.model_name}, fingerprint "
+                    f"{self._encoder.fingerprint[:12]}, dim {self._encoder.dim}) is not the model "
+                    f"this index was built with (fingerprint {expected[:12]}, dim {self.dim}); "
+                    "use the same model files or rebuild the index"
+                )
+            self._encoder_checked = True
+        return self._encoder
+
+    def _load_encoder(self) -> Encoder:
+        model = self.manifest["model"]
+        dim = None if model["dim"] == model["native_dim"] else int(model["dim"])
+        source = str(member(self.path, MODEL_DIR)) if model.get("bundled") else model["name"]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # truncation warnings were given at build time
+            return load_encoder(source, embedding_dim=dim, show_progress=False)
+
+    # -- queries -----------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self.n_entities
+
+    def get(self, entity_id: str) -> dict[str, Any] | None:
+        """The stored entity record (id, name, aliases, metadata) for ``entity_id``, or None."""
+        if self._id_to_row is None:
+            with self._lock:
+                if self._id_to_row is None:
+                    self._id_to_row = {self.ids[i]: i for i in range(len(self.ids))}
+        row = self._id_to_row.get(entity_id)
+        return None if row is None else self.entity(row)
+
+    def entity(self, row: int) -> dict[str, Any]:
+        """The stored entity record at entity row ``row``."""
+        try:
+            return json.loads(self.records[row])
+        except json.JSONDecodeError:
+            raise ArtifactCorruptError(
+                f"{self.path}/entities.jsonl: row {row} is not JSON"
+            ) from None
+
+    def match(
+        self,
+        texts: str | Sequence[str],
+        top_k: int = 1,
+        threshold: float | None = None,
+        nprobe: int | None = None,
+        batch_size: int = 4096,
+    ) -> Result | list[Result] | None | list[Result | None] | list[list[Result]]:
+        """Match one text or a list of texts.
+
+        A str with ``top_k=1`` gives a dict ``{"id", "score", "text"}`` or None; ``top_k>1``
+        a list of dicts (best first, one per entity). A list gives a list of those.
+        Hits scoring below ``threshold`` are dropped. Texts that normalize to empty get no
+        hit. ``None`` or non-string items raise :class:`QueryError`.
+        """
+        single = isinstance(texts, str)
+        queries = [texts] if single else _as_query_list(texts)
+        top_k = _check_top_k(top_k)
+        out: list[list[Result]] = []
+        for start in range(0, len(queries), batch_size):
+            chunk = queries[start : start + batch_size]
+            norm = [self._normalize(q, start + i) for i, q in enumerate(chunk)]
+            keep = [i for i, q in enumerate(norm) if q]
+            results: list[list[Result]] = [[] for _ in chunk]
+            if keep:
+                vectors = self.encoder.encode([norm[i] for i in keep], batch_size=batch_size)
+                for i, hits in zip(
+                    keep, self._search(vectors, top_k, threshold, nprobe), strict=True
+                ):
+                    results[i] = hits
+            out.extend(results)
+        shaped = [(hits[0] if hits else None) if top_k == 1 else hits for hits in out]
+        return shaped[0] if single else shaped
+
+    def search_vectors(
+        self,
+        queries: np.ndarray,
+        top_k: int = 1,
+        threshold: float | None = None,
+        nprobe: int | None = None,
+    ) -> list[list[Result]]:
+        """Search pre-encoded queries, float32 (nq, dim) L2-normalized (or (dim,) for one).
+
+        Returns one list of result dicts per query, best first.
+        """
+        array = np.asarray(queries, dtype=np.float32)
+        if array.ndim == 1:
+            array = array[None, :]
+        if array.ndim != 2 or array.shape[1] != self.dim:
+            raise QueryError(
+                f"query vectors must have shape (n, {self.dim}), got {np.shape(queries)}"
+            )
+        if not np.isfinite(array).all():
+            raise QueryError("query vectors contain NaN or infinity")
+        return self._search(array, _check_top_k(top_k), threshold, nprobe)
+
+    def _normalize(self, text: object, position: int) -> str:
+        if not isinstance(text, str):
+            raise QueryError(
+                f"query {position}: expected a string, got {type(text).__name__} {text!r:.40}"
+            )
+        return normalize_text(text[: self._max_chars], self.normalizer)
+
+    def _search(
+        self, vectors: np.ndarray, top_k: int, threshold: float | None, nprobe: int | None
+    ) -> list[list[Result]]:
+        if nprobe is not None and (not isinstance(nprobe, int) or nprobe < 1):
+            raise QueryError(f"nprobe must be a positive int, got {nprobe!r}")
+        top_k = min(top_k, self.n_entities)
+        fetch = min(self.n_vectors, (top_k - 1) * self._fetch_per_entity + 1)
+        scores, rows = search(
+            self.index,
+            vectors,
+            fetch,
+            nprobe=nprobe or self.nprobe,
+            vectors=self.vectors,
+            rerank=self._rerank,
+        )
+        scores, rows, entities = best_per_entity(scores, rows, self.row_entity, top_k)
+        if threshold is not None:
+            entities = np.where(scores >= threshold, entities, -1)
+        return [
+            [
+                {"id": self.ids[int(e)], "score": float(s), "text": self.texts[int(r)]}
+                for s, r, e in zip(srow, rrow, erow, strict=True)
+                if e >= 0
+            ]
+            for srow, rrow, erow in zip(scores, rows, entities, strict=True)
+        ]
+
+    def __repr__(self) -> str:
+        info = self.manifest["index"]
+        return (
+            f"MatchIndex({str(self.path)!r}, entities={self.n_entities}, vectors={self.n_vectors}, "
+            f"model={self.manifest['model']['name']!r}, dim={self.dim}, index={info['type']!r})"
+        )
+
+
+def _as_query_list(texts: object) -> list[Any]:
+    if texts is None:
+        raise QueryError("query is None; pass a string or a list of strings")
+    if isinstance(texts, bytes | dict) or not hasattr(texts, "__iter__"):
+        raise QueryError(f"expected a string or a list of strings, got {type(texts).__name__}")
+    return list(texts)
+
+
+def _check_top_k(top_k: object) -> int:
+    if isinstance(top_k, bool) or not isinstance(top_k, int | np.integer) or top_k < 1:
+        raise QueryError(f"top_k must be a positive int, got {top_k!r}")
+    return int(top_k)

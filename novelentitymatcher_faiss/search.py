@@ -1,0 +1,135 @@
+"""FAISS search primitives: one ``search`` call, exact re-rank, best hit per entity.
+
+All functions take and return numpy arrays: queries are float32 (nq, d), scores float32
+(nq, k), vector rows and entity rows int64 (nq, k) with -1 where there is no hit.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+
+import numpy as np
+
+
+@functools.cache
+def _default_threads() -> int:
+    import faiss
+
+    return faiss.omp_get_max_threads()
+
+
+def search_params(index, nprobe: int | None):  # noqa: ANN001, ANN201 - faiss objects
+    """``SearchParameters`` that set ``nprobe`` for this call only (thread-safe), or None."""
+    import faiss
+
+    if nprobe is None:
+        return None
+    if isinstance(index, faiss.IndexIVF):
+        return faiss.SearchParametersIVF(nprobe=int(nprobe))
+    if isinstance(index, faiss.IndexPreTransform):
+        inner = search_params(faiss.downcast_index(index.index), nprobe)
+        return None if inner is None else faiss.SearchParametersPreTransform(index_params=inner)
+    return None
+
+
+def search(
+    index,  # noqa: ANN001 - a faiss.Index
+    queries: np.ndarray,
+    k: int,
+    *,
+    nprobe: int | None = None,
+    vectors: np.ndarray | None = None,
+    rerank: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` inner-product search; returns (scores float32 (nq, k), rows int64 (nq, k)).
+
+    With ``vectors`` (float32 (n, d), may be a memmap) and ``rerank > 1``, ``k * rerank``
+    candidates are fetched and re-scored exactly against the stored vectors.
+    Single queries run on one OpenMP thread (faster than two for one query); batches on all.
+    """
+    import faiss
+
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    k = max(1, min(k, index.ntotal))
+    fetch = min(index.ntotal, k * rerank) if (vectors is not None and rerank > 1) else k
+    faiss.omp_set_num_threads(1 if len(queries) == 1 else _default_threads())
+    scores, rows = index.search(queries, fetch, params=search_params(index, nprobe))
+    if fetch > k:
+        scores, rows = rerank_exact(queries, rows, vectors, k)
+    return scores, rows
+
+
+def rerank_exact(
+    queries: np.ndarray, rows: np.ndarray, vectors: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Re-score candidate ``rows`` (nq, c) exactly with ``vectors``; keep the best ``k``."""
+    valid = rows >= 0
+    unique, inverse = np.unique(np.where(valid, rows, 0), return_inverse=True)
+    gathered = np.asarray(vectors[unique], dtype=np.float32)  # sorted reads from the memmap
+    exact = np.einsum("qd,qcd->qc", queries, gathered[inverse.reshape(rows.shape)])
+    exact = np.where(valid, exact, -np.inf).astype(np.float32)
+    order = np.argsort(-exact, axis=1, kind="stable")[:, :k]
+    scores = np.take_along_axis(exact, order, 1)
+    best = np.take_along_axis(rows, order, 1)
+    best[~np.isfinite(scores)] = -1
+    return scores, best
+
+
+def best_per_entity(
+    scores: np.ndarray, rows: np.ndarray, row_entity: np.ndarray, top_k: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Keep the best-scoring vector row per entity, up to ``top_k`` entities per query.
+
+    ``scores``/``rows`` (nq, c) must be sorted best first. Returns (scores float32,
+    rows int64, entities int64), each (nq, top_k), padded with -1 / -inf.
+    """
+    valid = rows >= 0
+    entities = np.where(valid, np.asarray(row_entity)[np.where(valid, rows, 0)], -1)
+    order = np.argsort(entities, axis=1, kind="stable")  # stable: best row first per entity
+    sorted_entities = np.take_along_axis(entities, order, 1)
+    first = np.ones_like(sorted_entities, dtype=bool)
+    first[:, 1:] = sorted_entities[:, 1:] != sorted_entities[:, :-1]
+    keep = np.zeros_like(first)
+    np.put_along_axis(keep, order, first & (sorted_entities >= 0), 1)
+    rank = np.cumsum(keep, axis=1) - 1
+    keep &= rank < top_k
+    q, c = np.nonzero(keep)
+    out_scores = np.full((len(rows), top_k), -np.inf, dtype=np.float32)
+    out_rows = np.full((len(rows), top_k), -1, dtype=np.int64)
+    out_entities = np.full((len(rows), top_k), -1, dtype=np.int64)
+    out_scores[q, rank[q, c]] = scores[q, c]
+    out_rows[q, rank[q, c]] = rows[q, c]
+    out_entities[q, rank[q, c]] = entities[q, c]
+    return out_scores, out_rows, out_entities
+
+
+def iter_chunks(array: np.ndarray, chunk: int) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield (start, float32 block) over the rows of a (possibly memory-mapped) array."""
+    for start in range(0, len(array), chunk):
+        yield start, np.ascontiguousarray(array[start : start + chunk], dtype=np.float32)
+
+
+def exact_knn(
+    queries: np.ndarray, vectors: np.ndarray, k: int, chunk: int = 65536
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact inner-product top-``k`` over ``vectors`` read in chunks (bounded memory)."""
+    import faiss
+
+    heap = faiss.ResultHeap(len(queries), k, keep_max=True)
+    for start, block in iter_chunks(vectors, chunk):
+        scores = queries @ block.T
+        kk = min(k, len(block))
+        top = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
+        heap.add_result(np.take_along_axis(scores, top, 1), top.astype(np.int64) + start)
+    heap.finalize()
+    return heap.D, heap.I
+
+
+def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
+    """Mean fraction of each row of ``truth`` (nq, k) present in ``found`` (nq, k')."""
+    hits = [
+        len(np.intersect1d(f[f >= 0], t[t >= 0])) / max(1, (t >= 0).sum())
+        for f, t in zip(found, truth, strict=True)
+    ]
+    return float(np.mean(hits)) if hits else 1.0

@@ -1,0 +1,80 @@
+"""Memory-mapped string tables: a UTF-8 blob plus an int64 offsets ``.npy``.
+
+``NAME.bin`` (or another extension) holds the strings back to back; ``NAME.offsets.npy``
+holds ``n + 1`` int64
+offsets, so string ``i`` is ``blob[offsets[i]:offsets[i + 1]]``. Both open with
+``mmap``, so opening a table of millions of strings costs no parsing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from .arrays import load_array
+from .errors import ArtifactCorruptError
+
+
+class StringTableWriter:
+    """Append strings to ``NAME.bin``; :meth:`close` writes ``NAME.offsets.npy``."""
+
+    def __init__(self, directory: Path, name: str, ext: str = ".bin") -> None:
+        self.blob_path = directory / f"{name}{ext}"
+        self.offsets_path = directory / f"{name}.offsets.npy"
+        self._handle = open(self.blob_path, "wb")  # noqa: SIM115 - closed in close()
+        self._offsets: list[int] = [0]
+
+    def add(self, text: str) -> None:
+        data = text.encode("utf-8")
+        self._handle.write(data)
+        self._offsets.append(self._offsets[-1] + len(data))
+
+    def extend(self, texts: Iterable[str]) -> None:
+        for text in texts:
+            self.add(text)
+
+    def __len__(self) -> int:
+        return len(self._offsets) - 1
+
+    def close(self) -> None:
+        self._handle.close()
+        np.save(self.offsets_path, np.asarray(self._offsets, dtype=np.int64), allow_pickle=False)
+
+
+class StringTable:
+    """Read-only, memory-mapped table of ``n`` strings; ``table[i] -> str``."""
+
+    def __init__(self, directory: Path, name: str, ext: str = ".bin") -> None:
+        blob_path = directory / f"{name}{ext}"
+        offsets_path = directory / f"{name}.offsets.npy"
+        self.offsets = load_array(offsets_path, np.int64, ndim=1)
+        size = blob_path.stat().st_size
+        if len(self.offsets) == 0 or self.offsets[0] != 0 or self.offsets[-1] != size:
+            raise ArtifactCorruptError(
+                f"{offsets_path}: offsets do not span {blob_path.name} ({size} bytes); "
+                "the artifact is damaged, rebuild it"
+            )
+        self.blob = (
+            np.memmap(blob_path, dtype=np.uint8, mode="r") if size else np.zeros(0, np.uint8)
+        )
+        self.name = name
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, i: int) -> str:
+        if not 0 <= i < len(self):
+            raise IndexError(f"{self.name}: row {i} out of range 0..{len(self) - 1}")
+        start, stop = int(self.offsets[i]), int(self.offsets[i + 1])
+        if not 0 <= start <= stop <= len(self.blob):
+            raise ArtifactCorruptError(
+                f"{self.name}.offsets.npy: row {i} points outside the blob; rebuild the artifact"
+            )
+        try:
+            return bytes(self.blob[start:stop]).decode("utf-8")
+        except UnicodeDecodeError:
+            raise ArtifactCorruptError(
+                f"{self.name}.bin: row {i} is not valid UTF-8; the artifact is damaged"
+            ) from None
