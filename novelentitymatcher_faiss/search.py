@@ -11,6 +11,9 @@ from collections.abc import Iterator
 
 import numpy as np
 
+#: Re-ranking always looks at this many candidates at least (cheap, and it helps top-1).
+RERANK_MIN_CANDIDATES = 32
+
 
 @functools.cache
 def _default_threads() -> int:
@@ -44,15 +47,17 @@ def search(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` inner-product search; returns (scores float32 (nq, k), rows int64 (nq, k)).
 
-    With ``vectors`` (float32 (n, d), may be a memmap) and ``rerank > 1``, ``k * rerank``
-    candidates are fetched and re-scored exactly against the stored vectors.
+    With ``vectors`` (float32 (n, d), may be a memmap) and ``rerank > 1``,
+    ``max(k * rerank, RERANK_MIN_CANDIDATES)`` candidates are fetched and re-scored exactly
+    against the stored vectors.
     Single queries run on one OpenMP thread (faster than two for one query); batches on all.
     """
     import faiss
 
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     k = max(1, min(k, index.ntotal))
-    fetch = min(index.ntotal, k * rerank) if (vectors is not None and rerank > 1) else k
+    reranking = vectors is not None and rerank > 1
+    fetch = min(index.ntotal, max(k * rerank, RERANK_MIN_CANDIDATES)) if reranking else k
     faiss.omp_set_num_threads(1 if len(queries) == 1 else _default_threads())
     scores, rows = index.search(queries, fetch, params=search_params(index, nprobe))
     if fetch > k:
@@ -126,10 +131,18 @@ def exact_knn(
     return heap.D, heap.I
 
 
-def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
-    """Mean fraction of each row of ``truth`` (nq, k) present in ``found`` (nq, k')."""
-    hits = [
-        len(np.intersect1d(f[f >= 0], t[t >= 0])) / max(1, (t >= 0).sum())
-        for f, t in zip(found, truth, strict=True)
-    ]
-    return float(np.mean(hits)) if hits else 1.0
+def recall_at_k(
+    queries: np.ndarray, found: np.ndarray, truth_scores: np.ndarray, vectors: np.ndarray
+) -> float:
+    """Tie-aware recall@k of ``found`` rows (nq, k) against exact ``truth_scores`` (nq, k).
+
+    A found row counts when its exact score reaches the k-th true score (1e-5 slack), so
+    duplicate vectors (the same alias under several entities) cannot lower the recall.
+    """
+    valid = found >= 0
+    unique, inverse = np.unique(np.where(valid, found, 0), return_inverse=True)
+    gathered = np.asarray(vectors[unique], dtype=np.float32)[inverse.reshape(found.shape)]
+    exact = np.einsum("qd,qkd->qk", queries, gathered)
+    kth = truth_scores[:, -1:]
+    hits = (valid & (exact >= kth - 1e-5)).sum(axis=1)
+    return float(np.mean(np.minimum(hits, truth_scores.shape[1]) / truth_scores.shape[1]))
