@@ -256,6 +256,7 @@ class MatchIndex:
             rerank=self._rerank,
         )
         scores, rows, entities = best_per_entity(scores, rows, self.row_entity, top_k)
+        scores = np.clip(scores, -1.0, 1.0)  # float rounding can put a cosine at 1.0000001
         if threshold is not None:
             entities = np.where(scores >= threshold, entities, -1)
         return [
