@@ -27,7 +27,7 @@ test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: install
-	$(BIN)/ruff check novelentitymatcher_faiss tests benchmarks scripts examples
+	$(BIN)/ruff check .
 
 bench: install
 	$(BIN)/python benchmarks/run.py

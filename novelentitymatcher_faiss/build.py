@@ -38,6 +38,7 @@ from .artifact import (
 from .catalog import MAX_TEXT_CHARS, read_catalog
 from .encoders import Encoder, load_encoder
 from .errors import CatalogError
+from .lexical import LexicalSettings, featurize
 from .normalize import NormalizerSettings, normalize_text
 from .perturb import one_letter_typo
 from .search import exact_knn, iter_chunks, recall_at_k, search
@@ -68,6 +69,7 @@ def build_index(
     nprobe: int | None = None,
     rerank: int | None = None,
     keep_vectors: bool = False,
+    lexical: LexicalSettings | bool | None = True,
     target_recall: float = 0.95,
     seed: int = 0,
     encoder: Encoder | None = None,
@@ -94,17 +96,20 @@ def build_index(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     _check_index_type(index_type)
+    lexical = resolve_lexical(lexical)
     if encoder is None:
         encoder = load_encoder(model, embedding_dim=embedding_dim, show_progress=show_progress)
     with atomic_directory(Path(path), overwrite=overwrite) as tmp:
-        counts = _encode_catalog(entities, tmp, encoder, settings, batch_size, show_progress)
+        counts = _encode_catalog(
+            entities, tmp, encoder, lexical, settings, batch_size, show_progress
+        )
         vectors = load_array(tmp / VECTORS_FILE, np.float32, ndim=2)
-        kind, factory, n_list = _choose_index(index_type, len(vectors), encoder.dim, nlist)
+        kind, factory, n_list = _choose_index(index_type, len(vectors), vectors.shape[1], nlist)
         rerank = (4 if kind == "ivf-pq" else 0) if rerank is None else rerank
         index = _train_and_add(factory, vectors, seed, show_progress)
         tuning: list[dict[str, float]] = []
         if n_list:
-            queries = _typo_queries(tmp, encoder, settings, seed)
+            queries = _typo_queries(tmp, encoder, lexical, settings, seed)
             nprobe, tuning = _tune_nprobe(
                 index, vectors, queries, n_list, nprobe, target_recall, rerank
             )
@@ -134,6 +139,8 @@ def build_index(
                 "bundled": bool(bundle_model),
             },
             "normalizer": settings.to_dict(),
+            "lexical": lexical.to_dict() if lexical else None,
+            "index_dim": encoder.dim + (lexical.dim if lexical else 0),
             "max_text_chars": MAX_TEXT_CHARS,
             "metric": "inner_product",
             "vectors_normalized": True,
@@ -156,6 +163,13 @@ def build_index(
     return load_index(path)
 
 
+def resolve_lexical(lexical: LexicalSettings | bool | None) -> LexicalSettings | None:
+    """``True`` -> default settings, ``False``/``None`` -> dense only."""
+    if isinstance(lexical, LexicalSettings):
+        return lexical
+    return LexicalSettings() if lexical else None
+
+
 def _check_index_type(index_type: str) -> None:
     if not isinstance(index_type, str) or not index_type:
         raise ValueError(f"index_type must be one of {INDEX_TYPES} or a FAISS factory string")
@@ -165,6 +179,7 @@ def _encode_catalog(
     entities: Iterable[Mapping[str, Any]] | str | Path,
     tmp: Path,
     encoder: Encoder,
+    lexical: LexicalSettings | None,
     settings: NormalizerSettings,
     batch_size: int,
     show_progress: bool,
@@ -173,7 +188,7 @@ def _encode_catalog(
     ids = StringTableWriter(tmp, "ids")
     records = StringTableWriter(tmp, "entities", ext=".jsonl")
     texts = StringTableWriter(tmp, "texts")
-    vectors = NpyRowWriter(tmp / VECTORS_FILE, encoder.dim)
+    vectors = NpyRowWriter(tmp / VECTORS_FILE, encoder.dim + (lexical.dim if lexical else 0))
     row_entity = array("q")
     batch: list[str] = []
     max_per_entity = 0
@@ -198,11 +213,11 @@ def _encode_catalog(
         ids.add(entity["id"])
         records.add(json.dumps(entity, ensure_ascii=False) + "\n")
         if len(batch) >= batch_size:
-            vectors.append(encoder.encode(batch, batch_size=batch_size))
+            vectors.append(featurize(batch, encoder, lexical, batch_size))
             batch.clear()
         bar.update(1)
     if batch:
-        vectors.append(encoder.encode(batch, batch_size=batch_size))
+        vectors.append(featurize(batch, encoder, lexical, batch_size))
     bar.close()
     for writer in (ids, records, texts, vectors):
         writer.close()
@@ -272,7 +287,11 @@ def _train_and_add(factory: str, vectors: np.ndarray, seed: int, show_progress: 
 
 
 def _typo_queries(
-    tmp: Path, encoder: Encoder, settings: NormalizerSettings, seed: int
+    tmp: Path,
+    encoder: Encoder,
+    lexical: LexicalSettings | None,
+    settings: NormalizerSettings,
+    seed: int,
 ) -> np.ndarray:
     """Encode one-letter-typo versions of up to 1000 of the catalog's texts, float32 (q, d).
 
@@ -289,7 +308,7 @@ def _typo_queries(
             queries.append(typo)
         if len(queries) == TUNING_QUERIES:
             break
-    return encoder.encode(queries or [normalize_text(texts[0], settings) or " "])
+    return featurize(queries or [normalize_text(texts[0], settings) or " "], encoder, lexical)
 
 
 def _nprobe_grid(nlist: int) -> list[int]:

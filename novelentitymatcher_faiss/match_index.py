@@ -28,6 +28,7 @@ from .artifact import (
 )
 from .encoders import Encoder, load_encoder
 from .errors import ArtifactCorruptError, FingerprintMismatchError, QueryError
+from .lexical import LexicalSettings, featurize, lexical_vectors
 from .normalize import NormalizerSettings, normalize_text
 from .search import best_per_entity, search
 from .strings import StringTable
@@ -68,7 +69,11 @@ class MatchIndex:
         self.manifest = manifest
         try:
             model, counts, info = manifest["model"], manifest["counts"], manifest["index"]
-            self.dim = int(model["dim"])
+            self.model_dim = int(model["dim"])
+            self.lexical = (
+                LexicalSettings.from_dict(manifest["lexical"]) if manifest.get("lexical") else None
+            )
+            self.dim = self.model_dim + (self.lexical.dim if self.lexical else 0)
             self.n_entities = int(counts["entities"])
             self.n_vectors = int(counts["vectors"])
             self._fetch_per_entity = max(1, int(counts["max_vectors_per_entity"]))
@@ -76,7 +81,7 @@ class MatchIndex:
             self._rerank = int(info.get("rerank") or 0)
             self.normalizer = NormalizerSettings.from_dict(manifest["normalizer"])
             self._max_chars = int(manifest.get("max_text_chars", 2048))
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ArtifactCorruptError(
                 f"{path / 'manifest.json'}: malformed field ({exc!r})"
             ) from None
@@ -137,11 +142,12 @@ class MatchIndex:
             if self._encoder is None:
                 self._encoder = self._load_encoder()
             expected = self.manifest["model"]["fingerprint"]
-            if self._encoder.fingerprint != expected or self._encoder.dim != self.dim:
+            if self._encoder.fingerprint != expected or self._encoder.dim != self.model_dim:
                 raise FingerprintMismatchError(
                     f"{self.path}: the query encoder ({self._encoder.model_name}, fingerprint "
                     f"{self._encoder.fingerprint[:12]}, dim {self._encoder.dim}) is not the model "
-                    f"this index was built with (fingerprint {expected[:12]}, dim {self.dim}); "
+                    f"this index was built with (fingerprint {expected[:12]}, "
+                    f"dim {self.model_dim}); "
                     "use the same model files or rebuild the index"
                 )
             self._encoder_checked = True
@@ -184,6 +190,7 @@ class MatchIndex:
         threshold: float | None = None,
         nprobe: int | None = None,
         batch_size: int = 4096,
+        explain: bool = False,
     ) -> Result | list[Result] | None | list[Result | None] | list[list[Result]]:
         """Match one text or a list of texts.
 
@@ -191,6 +198,9 @@ class MatchIndex:
         a list of dicts (best first, one per entity). A list gives a list of those.
         Hits scoring below ``threshold`` are dropped. Texts that normalize to empty get no
         hit. ``None`` or non-string items raise :class:`QueryError`.
+
+        ``explain=True`` adds ``"dense"`` and ``"lexical"`` cosines and the ``"weight"`` of
+        the lexical part to each hit; ``score == (1 - weight) * dense + weight * lexical``.
         """
         single = isinstance(texts, str)
         queries = [texts] if single else _as_query_list(texts)
@@ -202,10 +212,12 @@ class MatchIndex:
             keep = [i for i, q in enumerate(norm) if q]
             results: list[list[Result]] = [[] for _ in chunk]
             if keep:
-                vectors = self.encoder.encode([norm[i] for i in keep], batch_size=batch_size)
-                for i, hits in zip(
-                    keep, self._search(vectors, top_k, threshold, nprobe), strict=True
-                ):
+                texts_in = [norm[i] for i in keep]
+                vectors = featurize(texts_in, self.encoder, self.lexical, batch_size)
+                found = self._search(vectors, top_k, threshold, nprobe)
+                if explain:
+                    self._explain(texts_in, found)
+                for i, hits in zip(keep, found, strict=True):
                     results[i] = hits
             out.extend(results)
         shaped = [(hits[0] if hits else None) if top_k == 1 else hits for hits in out]
@@ -232,6 +244,29 @@ class MatchIndex:
         if not np.isfinite(array).all():
             raise QueryError("query vectors contain NaN or infinity")
         return self._search(array, _check_top_k(top_k), threshold, nprobe)
+
+    def _explain(self, queries: list[str], found: list[list[Result]]) -> None:
+        """Add the dense and lexical cosines of every hit, re-encoding only the hit texts."""
+        pairs = [
+            (query, self._normalize(hit["text"], 0))
+            for query, hits in zip(queries, found, strict=True)
+            for hit in hits
+        ]
+        if not pairs:
+            return
+        left, right = [q for q, _ in pairs], [t for _, t in pairs]
+        dense = np.einsum("nd,nd->n", self.encoder.encode(left), self.encoder.encode(right))
+        lexical = np.full(len(pairs), np.nan)
+        if self.lexical is not None:
+            lexical = np.einsum(
+                "nd,nd->n",
+                lexical_vectors(left, self.lexical),
+                lexical_vectors(right, self.lexical),
+            )
+        weight = self.lexical.weight if self.lexical else 0.0
+        hits = [hit for row in found for hit in row]
+        for hit, d, x in zip(hits, dense, lexical, strict=True):
+            hit.update(dense=float(d), lexical=None if np.isnan(x) else float(x), weight=weight)
 
     def _normalize(self, text: object, position: int) -> str:
         if not isinstance(text, str):

@@ -99,4 +99,5 @@ def test_models_fetch_populates_an_empty_cache(tmp_path):
     after = subprocess.run([*run, "path", "minilm"], env=env, capture_output=True, text=True)
     assert Path(after.stdout.strip()) == folder
     listing = subprocess.run([*run, "list"], env=env, capture_output=True, text=True).stdout
-    assert [line.split()[5] for line in listing.splitlines() if line.startswith("minilm")] == ["yes"]
+    row = next(line.split() for line in listing.splitlines() if line.startswith("minilm"))
+    assert row[5] == "yes"

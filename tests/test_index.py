@@ -22,6 +22,7 @@ from novelentitymatcher_faiss import (
 )
 from novelentitymatcher_faiss.artifact import sha256_file
 from novelentitymatcher_faiss.catalog import read_catalog
+from novelentitymatcher_faiss.lexical import LexicalSettings, featurize
 from novelentitymatcher_faiss.normalize import normalize_text
 from novelentitymatcher_faiss.perturb import one_letter_typo
 
@@ -67,9 +68,10 @@ def test_flat_reproduces_exact_cosine_top1(flat, encoder):
         for text in dict.fromkeys(normalize_text(t) for t in [entity["name"], *entity["aliases"]]):
             texts.append(text)
             owner.append(row)
-    matrix = encoder.encode(texts)
+    lexical = LexicalSettings()  # the default: dense + lexical channel in one index
+    matrix = featurize(texts, encoder, lexical)
     queries = typo_queries()
-    scores = encoder.encode([normalize_text(q) for q in queries]) @ matrix.T
+    scores = featurize([normalize_text(q) for q in queries], encoder, lexical) @ matrix.T
     best = scores.max(axis=1)
     hits = flat.match(queries)
     np.testing.assert_allclose([hit["score"] for hit in hits], best, atol=1e-5)
@@ -89,10 +91,13 @@ def test_ivf_agrees_with_flat_on_typo_queries(flat, ivf):
     assert info["type"] == "ivf" and info["nlist"] > 1
     assert info["nprobe_tuning"][-1]["recall_at_10"] >= 0.95
     queries = typo_queries(seed=2)
-    agree = np.mean(
-        [a["id"] == b["id"] for a, b in zip(flat.match(queries), ivf.match(queries), strict=True)]
-    )
+    pairs = list(zip(flat.match(queries), ivf.match(queries), strict=True))
+    # IVF-Flat scores are exact, so the same best score means the same answer; the catalog
+    # repeats names under several ids, and FAISS breaks such ties differently per index.
+    agree = np.mean([abs(a["score"] - b["score"]) < 1e-5 for a, b in pairs])
     assert agree >= 0.98
+    distinct = np.mean([a["id"] == b["id"] for a, b in pairs])
+    assert distinct > 0.5  # ids agree too wherever the name is unique
 
 
 def test_per_query_nprobe_override(ivf):
@@ -141,7 +146,7 @@ def test_ivf_handles_missing_neighbours(ivf):
 
 
 def test_search_vectors_get_and_len(unis, encoder):
-    vector = encoder.encode(["stanford"])[0]
+    vector = featurize(["stanford"], encoder, LexicalSettings())[0]
     (hits,) = [unis.search_vectors(vector, top_k=2)]
     assert hits[0][0]["id"] == "stanford_university"
     assert unis.get("stanford_university")["aliases"] == ["Stanford", "Stanford Univ"]
@@ -190,7 +195,7 @@ def test_reopens_in_a_new_process_with_identical_results(flat):
 def test_embedding_dim_truncates(tmp_path):
     with pytest.warns(UserWarning, match="Matryoshka|MRL"):
         index = build_index(UNIVERSITIES, tmp_path / "d64", embedding_dim=64, show_progress=False)
-    assert index.dim == 64 and index.index.d == 64
+    assert index.model_dim == 64 and index.index.d == 64 + LexicalSettings().dim
     assert index.match("harvard univ")["id"] == "harvard_university"
 
 

@@ -33,7 +33,7 @@ def test_fit_match_with_upstream_defaults(entities):
 def test_embedding_dim_is_accepted_and_used(entities):
     with pytest.warns(UserWarning):
         matcher = Matcher(entities=entities, embedding_dim=128).fit()
-    assert matcher.index.dim == 128
+    assert matcher.index.model_dim == 128
     assert matcher.match("harvard univ", threshold=0.3)["id"] == "harvard_university"
 
 

@@ -1,0 +1,185 @@
+"""Dense-only against dense + lexical channel: top-1 on clean, typo and cross-language queries.
+
+Query sets, all from public data:
+- clean and typo: the names of the real catalogs in tests/data (duplicate names and aliases
+  shared by several entities dropped, as upstream's benchmark does); typo queries drop, swap
+  or substitute one letter (seeded);
+- cross-language: CLDR country and language names (from the ``babel`` package) in Latin-script
+  locales, matched against a catalog of their English names; only names that differ from the
+  English one after folding case and accents.
+Also batch queries per second and artifact size, dense-only against each setting, measured in
+one process on the same catalog and queries (median of repeats).
+
+    python benchmarks/lexical_bench.py [--quick] [--sweep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import random
+import sys
+import tempfile
+from pathlib import Path
+
+from common import (
+    DATA_DIR,
+    REPO_DIR,
+    faiss_threads,
+    library_versions,
+    machine_info,
+    markdown_table,
+    median_seconds,
+    pin_threads,
+    print_environment,
+    write_results,
+)
+
+THREADS = pin_threads(2)
+
+from novelentitymatcher_faiss import build_index  # noqa: E402
+from novelentitymatcher_faiss.lexical import LexicalSettings, fold  # noqa: E402
+from novelentitymatcher_faiss.perturb import one_letter_typo  # noqa: E402
+
+CATALOGS = ("products_mcc", "universities", "currencies", "languages", "timezones",
+            "industries_sic", "occupations")  # fmt: skip
+LOCALES = ("de", "fr", "es", "it", "pt", "nl", "sv", "da", "nb", "pl", "cs", "ro", "hu", "fi",
+           "tr", "id", "ca", "hr", "sk", "sl")  # fmt: skip
+DEFAULT = LexicalSettings()
+SWEEP = [LexicalSettings(weight=w) for w in (0.5, 0.6, 0.8, 0.9)] + [
+    LexicalSettings(dim=128),
+    LexicalSettings(dim=512),
+    LexicalSettings(ngram_min=2, ngram_max=4),
+    LexicalSettings(ngram_min=1, ngram_max=4),
+]
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def real_catalogs() -> list[dict]:
+    """Entities of every catalog in tests/data, ids prefixed, repeated names/aliases dropped."""
+    entities, seen_names = [], set()
+    for name in CATALOGS:
+        rows = read_csv(REPO_DIR / "tests" / "data" / f"{name}.csv")
+        owners: dict[str, set[str]] = {}
+        for row in rows:
+            for alias in filter(None, row["aliases"].split("|")):
+                owners.setdefault(fold(alias), set()).add(row["id"])
+        for row in rows:
+            key = fold(row["name"])
+            if key in seen_names:
+                continue
+            seen_names.add(key)
+            aliases = [a for a in filter(None, row["aliases"].split("|"))
+                       if len(owners[fold(a)]) == 1 and a != row["id"]]  # fmt: skip
+            entities.append({"id": f"{name}:{row['id']}", "name": row["name"], "aliases": aliases})
+    return entities
+
+
+def cldr_sets() -> tuple[list[dict], list[tuple[str, str]]]:
+    """English country + language names as a catalog, and (foreign name, id) queries."""
+    from babel import Locale
+
+    english = Locale("en")
+    tables = {"country": english.territories, "language": english.languages}
+    catalog, queries = [], []
+    for kind, names in tables.items():
+        codes = [c for c in names if c.isalpha() and len(c) in (2, 3) and "_" not in c]
+        if kind == "country":
+            codes = [c for c in codes if len(c) == 2]
+        for code in codes:
+            catalog.append({"id": f"{kind}:{code}", "name": names[code]})
+        for loc in LOCALES:
+            table = getattr(Locale(loc), "territories" if kind == "country" else "languages")
+            for code in codes:
+                foreign = table.get(code)
+                if foreign and fold(foreign) != fold(names[code]):
+                    queries.append((foreign, f"{kind}:{code}"))
+    return catalog, queries
+
+
+def country_variants(catalog: list[dict]) -> list[tuple[str, str]]:
+    """Labelled country variants (typos, endonyms, official names) from tests/data."""
+    ids = {e["id"] for e in catalog}
+    path = REPO_DIR / "tests" / "data" / "country_training_data.csv"
+    rows = read_csv(path)
+    return [(r["text"], f"country:{r['label']}") for r in rows if f"country:{r['label']}" in ids]
+
+
+def top1(index, queries: list[tuple[str, str]]) -> float:
+    hits = index.match([q for q, _ in queries], threshold=None)
+    right = [h is not None and h["id"] == want for h, (_, want) in zip(hits, queries, strict=True)]
+    return sum(right) / len(queries)
+
+
+def evaluate(settings: LexicalSettings | None, sets: dict, workdir: Path, repeats: int) -> dict:
+    """Top-1 per query set, batch QPS and artifact size for one lexical setting."""
+    row: dict = {"lexical": settings.to_dict() if settings else None}
+    for name, (catalog, queries) in sets.items():
+        index = build_index(catalog, workdir / f"{name}-{id(settings)}", index_type="flat",
+                            lexical=settings, show_progress=False, overwrite=True)  # fmt: skip
+        row[f"top1_{name}"] = round(top1(index, queries), 4)
+        if name == "typo":
+            texts = [q for q, _ in queries] * max(1, 20000 // len(queries))
+            index.match(texts[:2000])  # warm-up
+            seconds, runs = median_seconds(lambda idx=index, t=texts: idx.match(t), repeats)
+            row["batch_qps"] = round(len(texts) / seconds)
+            row["artifact_bytes"] = sum(r["size"] for r in index.manifest["files"].values())
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer queries and repeats")
+    parser.add_argument("--sweep", action="store_true", help="also try other weights/dims/n-grams")
+    args = parser.parse_args()
+    faiss_threads(2)
+    info = {"machine": machine_info(), "versions": library_versions(), "threads": THREADS}
+    print_environment(info)
+    rng = random.Random(0)
+    entities = real_catalogs()
+    clean = [(e["name"].upper(), e["id"]) for e in entities]
+    typo = [(one_letter_typo(e["name"], rng), e["id"]) for e in entities]
+    typo = [(q, i) for (q, i), e in zip(typo, entities, strict=True) if fold(q) != fold(e["name"])]
+    cldr_catalog, xlang = cldr_sets()
+    variants = country_variants(cldr_catalog)
+    if args.quick:
+        typo, xlang = typo[:400], rng.sample(xlang, 800)
+    sets = {
+        "clean": (entities, clean),
+        "typo": (entities, typo),
+        "xlang": (cldr_catalog, xlang),
+        "variants": (cldr_catalog, variants),
+    }
+    print(f"catalog {len(entities)} entities; queries: clean {len(clean)}, typo {len(typo)}, "
+          f"cross-language {len(xlang)} and country variants {len(variants)} "
+          f"({len(cldr_catalog)} CLDR entities)")  # fmt: skip
+    repeats = 3 if args.quick else 5
+    candidates = [None, DEFAULT, *(SWEEP if args.sweep else [])]
+    with tempfile.TemporaryDirectory(dir=DATA_DIR if DATA_DIR.exists() else None) as tmp:
+        rows = [evaluate(s, sets, Path(tmp), repeats) for s in candidates]
+    base = rows[0]
+    table = []
+    for row in rows:
+        lex = row["lexical"]
+        label = (
+            "dense only"
+            if lex is None
+            else (f"w={lex['weight']} dim={lex['dim']} n={lex['ngram_min']}-{lex['ngram_max']}")
+        )
+        row["qps_vs_dense"] = round(row["batch_qps"] / base["batch_qps"], 3)
+        table.append([label, row["top1_clean"], row["top1_typo"], row["top1_xlang"],
+                      row["top1_variants"], row["batch_qps"], row["qps_vs_dense"],
+                      row["artifact_bytes"]])  # fmt: skip
+    headers = ["setting", "top-1 clean", "top-1 typo", "top-1 cross-language",
+               "top-1 country variants", "batch q/s", "q/s vs dense", "artifact bytes"]  # fmt: skip
+    md = markdown_table(headers, table)
+    print(md)
+    write_results("lexical", {**info, "rows": rows, "quick": args.quick}, md)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""Lexical channel: hashed character n-grams, concatenated with the dense vector.
+
+``lexical_vectors`` maps each text to a float32 vector of ``dim`` buckets: accents folded,
+words padded with spaces, every character n-gram in ``[ngram_min, ngram_max]`` hashed
+(polynomial hash, multiplicative mix) into a bucket, counts L2-normalized. ``combine`` concatenates
+``sqrt(1 - weight) * dense`` and ``sqrt(weight) * lexical``, so for unit vectors the inner
+product of two combined vectors is ``(1 - weight) * cos_dense + weight * cos_lexical``: one
+FAISS index serves both channels, and scores stay in [-1, 1].
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .encoders import Encoder
+
+#: Names the hashing scheme; a change of scheme must change this name.
+HASH_NAME = "poly1000003-mix9e3779b1-v1"
+
+
+@dataclass(frozen=True)
+class LexicalSettings:
+    """How the lexical channel is built; recorded in the manifest, reused by every query."""
+
+    ngram_min: int = 2
+    ngram_max: int = 3
+    dim: int = 256
+    weight: float = 0.7
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.ngram_min <= self.ngram_max <= 8:
+            raise ValueError(f"need 1 <= ngram_min <= ngram_max <= 8, got {self}")
+        if self.dim < 1:
+            raise ValueError(f"lexical dim must be >= 1, got {self.dim}")
+        if not 0.0 <= self.weight <= 1.0:
+            raise ValueError(f"lexical weight must be within [0, 1], got {self.weight}")
+
+    def to_dict(self) -> dict[str, float | int | str]:
+        return {**asdict(self), "hash": HASH_NAME, "features": "char_wb"}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> LexicalSettings:
+        if data.get("hash") != HASH_NAME or data.get("features") != "char_wb":
+            raise ValueError(
+                f"unsupported lexical hashing {data.get('hash')}/{data.get('features')}; "
+                "this artifact needs a newer novelentitymatcher-faiss"
+            )
+        return cls(
+            int(data["ngram_min"]), int(data["ngram_max"]), int(data["dim"]), float(data["weight"])
+        )
+
+
+_COMBINING = re.compile("[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f]")
+_SEPARATOR = 0  # codepoint that ends each text in the joined batch
+_SPACE = 32
+_MIX = np.uint32(0x9E3779B1)  # odd constant (golden ratio) for multiplicative hashing
+
+
+def fold(text: str) -> str:
+    """Lowercase, decompose and drop combining marks: 'Zürich' -> 'zurich'."""
+    return _COMBINING.sub("", unicodedata.normalize("NFKD", text.lower()))
+
+
+def _codepoints(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Joined, folded codepoints uint32 and the text row of each codepoint int64.
+
+    Each text becomes ``" word word "`` (single spaces) followed by a 0 separator.
+    """
+    joined = "\0".join(" " + " ".join(text.replace("\0", " ").split()) + " " for text in texts)
+    codes = np.frombuffer(fold(joined + "\0").encode("utf-32-le"), dtype=np.uint32)
+    is_sep = codes == _SEPARATOR
+    rows = np.cumsum(is_sep) - is_sep  # a text's separator still belongs to that text
+    return codes, rows
+
+
+def lexical_vectors(texts: Sequence[str], settings: LexicalSettings) -> np.ndarray:
+    """float32 (n, settings.dim), each row L2-normalized (all-zero for texts with no n-grams).
+
+    A window of n codepoints counts when it holds no separator and no space except at its
+    two ends (so n-grams stay inside one space-padded word); its polynomial hash, mixed and
+    reduced modulo ``dim``, picks the bucket. Vectorized over the whole batch.
+    """
+    out = np.zeros((len(texts), settings.dim), dtype=np.float32)
+    if not texts:
+        return out
+    codes, rows = _codepoints(texts)
+    is_space = codes == _SPACE
+    is_sep = codes == _SEPARATOR
+    cells: list[np.ndarray] = []
+    for n in range(settings.ngram_min, settings.ngram_max + 1):
+        count = len(codes) - n + 1
+        if count <= 0:
+            continue
+        hashed = np.full(count, np.uint32(n), dtype=np.uint32)
+        bad = np.zeros(count, dtype=bool)
+        for j in range(n):
+            hashed = hashed * np.uint32(1_000_003) + codes[j : j + count]
+            bad |= is_sep[j : j + count]
+            if 0 < j < n - 1:
+                bad |= is_space[j : j + count]
+        bad |= is_space[:count] & is_space[n - 1 : n - 1 + count] if n == 2 else False
+        keep = ~bad
+        mixed = (hashed[keep] * _MIX) >> np.uint32(7)
+        cells.append(rows[:count][keep] * settings.dim + (mixed % np.uint32(settings.dim)))
+    if cells:
+        flat = np.bincount(np.concatenate(cells), minlength=out.size)
+        out[:] = flat.reshape(out.shape)
+    norms = np.linalg.norm(out, axis=1, keepdims=True)
+    np.divide(out, norms, out=out, where=norms > 0)
+    return out
+
+
+def combine(dense: np.ndarray, lexical: np.ndarray, weight: float) -> np.ndarray:
+    """C-contiguous float32 (n, d_dense + d_lexical): the weighted concatenation."""
+    return np.ascontiguousarray(
+        np.hstack([np.sqrt(1.0 - weight) * dense, np.sqrt(weight) * lexical]), dtype=np.float32
+    )
+
+
+def featurize(
+    texts: Sequence[str], encoder: Encoder, lexical: LexicalSettings | None, batch_size: int = 1024
+) -> np.ndarray:
+    """Index vectors of normalized ``texts``: float32 (n, encoder.dim [+ lexical.dim]).
+
+    Dense only when ``lexical`` is None, else the weighted concatenation (see module doc).
+    """
+    dense = encoder.encode(texts, batch_size=batch_size)
+    if lexical is None:
+        return dense
+    return combine(dense, lexical_vectors(texts, lexical), lexical.weight)
