@@ -131,10 +131,45 @@ def evaluate(settings: LexicalSettings | None, sets: dict, workdir: Path, repeat
     return row
 
 
+def at_scale(catalog: Path, workdir: Path, repeats: int) -> list[dict]:
+    """Batch q/s, top-1 on typos and artifact size, dense-only vs default, on a large catalog.
+
+    Both artifacts use ``index_type="auto"`` (IVF above 100k vectors, nprobe auto-tuned).
+    """
+    rows = read_csv(catalog)
+    rng = random.Random(1)
+    sample = rng.sample(rows, min(10000, len(rows)))
+    queries = [(one_letter_typo(r["name"], rng), r["id"]) for r in sample]
+    out = []
+    for settings in (None, DEFAULT):
+        index = build_index(catalog, workdir / f"scale-{settings is None}", lexical=settings,
+                            show_progress=False, overwrite=True)  # fmt: skip
+        texts = [q for q, _ in queries]
+        index.match(texts[:1000])
+        seconds, _ = median_seconds(lambda idx=index, t=texts: idx.match(t), repeats)
+        out.append({
+            "catalog": catalog.name,
+            "lexical": settings.to_dict() if settings else None,
+            "index": index.manifest["index"]["factory"],
+            "nprobe": index.manifest["index"]["nprobe"],
+            "top1_typo": round(top1(index, queries), 4),
+            "batch_qps": round(len(texts) / seconds),
+            "artifact_bytes": sum(r["size"] for r in index.manifest["files"].values()),
+        })  # fmt: skip
+    out[1]["qps_vs_dense"] = round(out[1]["batch_qps"] / out[0]["batch_qps"], 3)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer queries and repeats")
     parser.add_argument("--sweep", action="store_true", help="also try other weights/dims/n-grams")
+    parser.add_argument(
+        "--catalog",
+        type=Path,
+        default=DATA_DIR / "names-100k.csv",
+        help="large catalog for the throughput comparison (make_catalog.py)",
+    )
     args = parser.parse_args()
     faiss_threads(2)
     info = {"machine": machine_info(), "versions": library_versions(), "threads": THREADS}
@@ -161,6 +196,7 @@ def main() -> None:
     candidates = [None, DEFAULT, *(SWEEP if args.sweep else [])]
     with tempfile.TemporaryDirectory(dir=DATA_DIR if DATA_DIR.exists() else None) as tmp:
         rows = [evaluate(s, sets, Path(tmp), repeats) for s in candidates]
+        scale = at_scale(args.catalog, Path(tmp), repeats) if args.catalog.exists() else []
     base = rows[0]
     table = []
     for row in rows:
@@ -177,8 +213,18 @@ def main() -> None:
     headers = ["setting", "top-1 clean", "top-1 typo", "top-1 cross-language",
                "top-1 country variants", "batch q/s", "q/s vs dense", "artifact bytes"]  # fmt: skip
     md = markdown_table(headers, table)
+    if scale:
+        md += "\n\n" + markdown_table(
+            ["catalog", "setting", "index", "nprobe", "top-1 typo", "batch q/s", "artifact bytes"],
+            [[r["catalog"], "dense only" if r["lexical"] is None else "default lexical",
+              r["index"], r["nprobe"], r["top1_typo"], r["batch_qps"], r["artifact_bytes"]]
+             for r in scale],
+        )  # fmt: skip
+        md += f"\n\nbatch q/s with the lexical channel / dense only: {scale[1]['qps_vs_dense']}"
+    else:
+        print(f"({args.catalog} not found: run benchmarks/make_catalog.py for the scale figures)")
     print(md)
-    write_results("lexical", {**info, "rows": rows, "quick": args.quick}, md)
+    write_results("lexical", {**info, "rows": rows, "scale": scale, "quick": args.quick}, md)
 
 
 if __name__ == "__main__":
