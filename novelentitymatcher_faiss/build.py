@@ -37,7 +37,7 @@ from .artifact import (
 )
 from .catalog import MAX_TEXT_CHARS, read_catalog
 from .encoders import Encoder, load_encoder
-from .errors import CatalogError
+from .errors import ArtifactError, CatalogError
 from .lexical import LexicalSettings, featurize
 from .normalize import NormalizerSettings, normalize_text
 from .perturb import one_letter_typo
@@ -85,7 +85,6 @@ def build_index(
     reaches ``TOP1_TARGET``).
     Returns the opened :class:`~novelentitymatcher_faiss.match_index.MatchIndex`.
     """
-    from .match_index import load_index
 
     started = time.perf_counter()
     settings = (
@@ -160,7 +159,20 @@ def build_index(
         }
         manifest["files"] = file_records(tmp)
         write_manifest(tmp, manifest)
-    return load_index(path)
+    return _open_fresh(Path(path))
+
+
+def _open_fresh(path: Path):  # noqa: ANN202 - MatchIndex
+    """Open the artifact just written; retry briefly if a concurrent build swaps it meanwhile."""
+    from .match_index import load_index
+
+    for attempt in range(5):
+        try:
+            return load_index(path)
+        except ArtifactError:
+            if attempt == 4:
+                raise
+            time.sleep(0.05 * (attempt + 1))
 
 
 def resolve_lexical(lexical: LexicalSettings | bool | None) -> LexicalSettings | None:

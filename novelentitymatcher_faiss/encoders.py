@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import struct
+import threading
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -194,6 +195,9 @@ class Encoder:
     native_dim: int
     dim: int
     fingerprint: str
+    # Tokenizers are mutated inside encode (model2vec sets truncation on every call), and a
+    # Rust tokenizer used by two threads at once fails with "Already borrowed".
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def encode(
         self, texts: Sequence[str], batch_size: int = 1024, show_progress: bool = False
@@ -213,28 +217,30 @@ class Encoder:
                 raise QueryError(f"text {i} is a {type(text).__name__}, not a str")
         if not items:
             return np.zeros((0, self.dim), dtype=np.float32)
-        if self.backend == "model2vec":
-            raw = self.model.encode(
-                items,
-                batch_size=batch_size,
-                show_progress_bar=show_progress,
-                use_multiprocessing=False,
-            )
-        else:
-            raw = self.model.encode(
-                items,
-                batch_size=batch_size,
-                show_progress_bar=show_progress,
-                convert_to_numpy=True,
-                normalize_embeddings=False,
-            )
-        raw = np.asarray(raw)
+        with self._lock:
+            raw = np.asarray(self._encode_raw(items, batch_size, show_progress))
         if raw.shape != (len(items), self.native_dim):
             raise ModelError(
                 f"{self.model_name} returned shape {raw.shape}, "
                 f"expected {(len(items), self.native_dim)}"
             )
         return l2_normalize(raw[:, : self.dim])
+
+    def _encode_raw(self, items: list[str], batch_size: int, show_progress: bool) -> Any:
+        if self.backend == "model2vec":
+            return self.model.encode(
+                items,
+                batch_size=batch_size,
+                show_progress_bar=show_progress,
+                use_multiprocessing=False,
+            )
+        return self.model.encode(
+            items,
+            batch_size=batch_size,
+            show_progress_bar=show_progress,
+            convert_to_numpy=True,
+            normalize_embeddings=False,
+        )
 
     def verify_fingerprint(self, expected: str) -> None:
         """Raise :class:`FingerprintMismatchError` unless the model files match ``expected``."""

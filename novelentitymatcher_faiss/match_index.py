@@ -34,6 +34,29 @@ from .search import best_per_entity, search
 from .strings import StringTable
 
 Result = dict[str, Any]
+_MODEL_FIELDS: dict[str, Any] = {
+    "name": str,
+    "backend": str,
+    "fingerprint": str,
+    "native_dim": int,
+    "dim": int,
+    "bundled": bool,
+}
+_INDEX_FIELDS: dict[str, Any] = {
+    "type": str,
+    "faiss_class": str,
+    "nprobe": (int, type(None)),
+    "rerank": int,
+}
+
+
+def _expect(section: dict[str, Any], key: str, kind: Any, where: str) -> None:
+    """Raise :class:`ArtifactCorruptError` unless ``section[key]`` has type ``kind``."""
+    value = section.get(key) if isinstance(section, dict) else None
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise ArtifactCorruptError(f"{where}.{key} is missing or not {kind}; rebuild the artifact")
+
+
 VERIFY_MODES = ("fast", "full")
 
 
@@ -42,9 +65,10 @@ def load_index(
 ) -> MatchIndex:
     """Open an artifact directory; the encoder loads lazily at the first text query.
 
-    ``verify="fast"`` checks the manifest, file sizes and FAISS compatibility;
-    ``"full"`` also checks every file's sha256. ``mmap=True`` maps the index with
-    ``IO_FLAG_MMAP_IFC | IO_FLAG_READ_ONLY`` so no vectors are read into RAM.
+    ``verify="fast"`` checks the manifest, file sizes and FAISS compatibility (and every
+    sha256 when the artifact is at most 32 MiB); ``"full"`` always checks every sha256.
+    ``mmap=True`` maps the index with ``IO_FLAG_MMAP_IFC | IO_FLAG_READ_ONLY`` so no vectors
+    are read into RAM.
     """
     if verify not in VERIFY_MODES:
         raise ValueError(f"verify must be one of {VERIFY_MODES}, got {verify!r}")
@@ -67,24 +91,31 @@ class MatchIndex:
     ) -> None:
         self.path = Path(path)
         self.manifest = manifest
+        where = f"{path / 'manifest.json'}"
         try:
             model, counts, info = manifest["model"], manifest["counts"], manifest["index"]
-            self.model_dim = int(model["dim"])
+            for key, kind in _MODEL_FIELDS.items():
+                _expect(model, key, kind, f"{where}: model")
+            for key in ("entities", "vectors", "max_vectors_per_entity"):
+                _expect(counts, key, int, f"{where}: counts")
+            for key, kind in _INDEX_FIELDS.items():
+                _expect(info, key, kind, f"{where}: index")
+            self.model_dim = model["dim"]
             self.lexical = (
                 LexicalSettings.from_dict(manifest["lexical"]) if manifest.get("lexical") else None
             )
             self.dim = self.model_dim + (self.lexical.dim if self.lexical else 0)
-            self.n_entities = int(counts["entities"])
-            self.n_vectors = int(counts["vectors"])
-            self._fetch_per_entity = max(1, int(counts["max_vectors_per_entity"]))
-            self.nprobe = info.get("nprobe")
-            self._rerank = int(info.get("rerank") or 0)
+            self.n_entities = counts["entities"]
+            self.n_vectors = counts["vectors"]
+            self._fetch_per_entity = max(1, counts["max_vectors_per_entity"])
+            self.nprobe = info["nprobe"]
+            self._rerank = info["rerank"]
             self.normalizer = NormalizerSettings.from_dict(manifest["normalizer"])
             self._max_chars = int(manifest.get("max_text_chars", 2048))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise ArtifactCorruptError(
-                f"{path / 'manifest.json'}: malformed field ({exc!r})"
-            ) from None
+            raise ArtifactCorruptError(f"{where}: malformed field ({exc!r})") from None
+        if self.nprobe is not None and self.nprobe < 1 or self._max_chars < 1:
+            raise ArtifactCorruptError(f"{where}: nprobe and max_text_chars must be positive")
         self.index = open_faiss_index(member(self.path, INDEX_FILE), mmap=mmap)
         self.row_entity = load_array(
             member(self.path, ROW_ENTITY_FILE), np.int64, ndim=1, mmap=mmap

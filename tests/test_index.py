@@ -199,14 +199,15 @@ def test_embedding_dim_truncates(tmp_path):
     assert index.match("harvard univ")["id"] == "harvard_university"
 
 
-def test_fingerprint_mismatch_is_an_error(tmp_path, unis):
-    src = tmp_path / "bundled"
-    build_index(UNIVERSITIES, src, bundle_model=True, show_progress=False)
-    weights = src / "model" / "model.safetensors"
+def test_fingerprint_mismatch_is_an_error(tmp_path, unis, encoder):
+    model = tmp_path / "my-model"  # a model used by folder path, as a user would
+    shutil.copytree(encoder.path, model)
+    built = build_index(UNIVERSITIES, tmp_path / "idx", model=str(model), show_progress=False)
+    weights = model / "model.safetensors"
     data = bytearray(weights.read_bytes())
-    data[-5] ^= 0xFF  # same size, different weights: only the fingerprint can tell
+    data[-5] ^= 0xFF  # the model changed on disk after the build: same size, other weights
     weights.write_bytes(bytes(data))
-    opened = load_index(src)
+    opened = load_index(built.path)
     with pytest.raises(FingerprintMismatchError, match="fingerprint"):
         opened.match("harvard")
     with pytest.raises(FingerprintMismatchError):
