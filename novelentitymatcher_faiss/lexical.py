@@ -59,6 +59,7 @@ _COMBINING = re.compile("[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\u
 _SEPARATOR = 0  # codepoint that ends each text in the joined batch
 _SPACE = 32
 _MIX = np.uint32(0x9E3779B1)  # odd constant (golden ratio) for multiplicative hashing
+_SMALL_BATCH = 2  # up to this many texts, plain Python beats numpy's per-call overhead
 
 
 def fold(text: str) -> str:
@@ -86,8 +87,11 @@ def lexical_vectors(texts: Sequence[str], settings: LexicalSettings) -> np.ndarr
     reduced modulo ``dim``, picks the bucket. Vectorized over the whole batch.
     """
     out = np.zeros((len(texts), settings.dim), dtype=np.float32)
-    if not texts:
-        return out
+    if len(texts) <= _SMALL_BATCH:
+        for row, text in enumerate(texts):
+            for bucket in _buckets(text, settings):
+                out[row, bucket] += 1.0
+        return _unit_rows(out)
     codes, rows = _codepoints(texts)
     is_space = codes == _SPACE
     is_sep = codes == _SEPARATOR
@@ -103,16 +107,37 @@ def lexical_vectors(texts: Sequence[str], settings: LexicalSettings) -> np.ndarr
             bad |= is_sep[j : j + count]
             if 0 < j < n - 1:
                 bad |= is_space[j : j + count]
-        bad |= is_space[:count] & is_space[n - 1 : n - 1 + count] if n == 2 else False
+        if n <= 2:  # a lone space, or the two pads of an empty text
+            bad |= is_space[:count] & is_space[n - 1 : n - 1 + count]
         keep = ~bad
         mixed = (hashed[keep] * _MIX) >> np.uint32(7)
         cells.append(rows[:count][keep] * settings.dim + (mixed % np.uint32(settings.dim)))
     if cells:
         flat = np.bincount(np.concatenate(cells), minlength=out.size)
         out[:] = flat.reshape(out.shape)
+    return _unit_rows(out)
+
+
+def _unit_rows(out: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(out, axis=1, keepdims=True)
     np.divide(out, norms, out=out, where=norms > 0)
     return out
+
+
+def _buckets(text: str, settings: LexicalSettings) -> list[int]:
+    """The same buckets as the vectorized path, for one text in plain Python (no overhead)."""
+    codes = [ord(ch) for ch in fold(" " + " ".join(text.replace("\0", " ").split()) + " ")]
+    found = []
+    for n in range(settings.ngram_min, settings.ngram_max + 1):
+        for i in range(len(codes) - n + 1):
+            window = codes[i : i + n]
+            if _SPACE in window[1:-1] or (n <= 2 and window[0] == window[-1] == _SPACE):
+                continue
+            hashed = n
+            for code in window:
+                hashed = (hashed * 1_000_003 + code) & 0xFFFFFFFF
+            found.append((((hashed * int(_MIX)) & 0xFFFFFFFF) >> 7) % settings.dim)
+    return found
 
 
 def combine(dense: np.ndarray, lexical: np.ndarray, weight: float) -> np.ndarray:

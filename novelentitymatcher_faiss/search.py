@@ -91,6 +91,9 @@ def best_per_entity(
     """
     valid = rows >= 0
     entities = np.where(valid, np.asarray(row_entity)[np.where(valid, rows, 0)], -1)
+    if top_k == 1:  # the best row's entity is the best entity
+        best = np.where(valid[:, :1], scores[:, :1], -np.inf).astype(np.float32)
+        return best, np.where(valid[:, :1], rows[:, :1], -1), entities[:, :1]
     order = np.argsort(entities, axis=1, kind="stable")  # stable: best row first per entity
     sorted_entities = np.take_along_axis(entities, order, 1)
     first = np.ones_like(sorted_entities, dtype=bool)

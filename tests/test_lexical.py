@@ -137,3 +137,14 @@ def test_explain_parts_add_up_and_artifact_settings_win(tmp_path):
         and hit["weight"] == 0.0
         and hit["dense"] == pytest.approx(hit["score"], abs=1e-5)
     )
+
+
+def test_single_text_path_equals_the_batch_path():
+    rng = random.Random(0)
+    alphabet = "abcdeé üßΣσς中文🙂\t\nxyz  "
+    texts = ["".join(rng.choice(alphabet) for _ in range(rng.randrange(30))) for _ in range(500)]
+    texts += ["", "  ", "a", "Zürich", "ΟΔΟΣ"]
+    for settings in (SETTINGS, LexicalSettings(ngram_min=1, ngram_max=4, dim=97)):
+        batch = lexical_vectors(texts, settings)
+        single = np.vstack([lexical_vectors([t], settings) for t in texts])
+        np.testing.assert_array_equal(batch, single)
