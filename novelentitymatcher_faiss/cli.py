@@ -34,6 +34,31 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--overwrite", action="store_true", help="replace an existing artifact")
     build.add_argument("--quiet", action="store_true", help="no progress bars")
 
+    train = commands.add_parser(
+        "train", help="fine-tune on labelled examples (SetFit) and write a trained artifact"
+    )
+    train.add_argument("catalog", help="catalog file: .csv, .jsonl or .json")
+    train.add_argument("training", help="labelled examples: .csv (text,label) or .jsonl")
+    train.add_argument("--out", required=True, help="artifact directory to write")
+    train.add_argument(
+        "--base-model", default="mpnet", help="trainable model (static ones fall back to mpnet)"
+    )
+    train.add_argument(
+        "--mode", choices=("zero-shot", "head-only", "full"), default=None,
+        help="default: head-only if every label has < 3 examples, else full",
+    )  # fmt: skip
+    train.add_argument("--epochs", type=int, default=1)
+    train.add_argument("--batch-size", type=int, default=16)
+    train.add_argument("--max-steps", type=int, default=None, help="cap the training steps")
+    train.add_argument("--learning-rate", type=float, default=2e-5)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument(
+        "--distill", action="store_true", help="distill into a static model2vec model"
+    )
+    train.add_argument("--distill-dims", type=int, default=256, help="PCA dims of --distill")
+    train.add_argument("--overwrite", action="store_true", help="replace an existing artifact")
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
+
     query = commands.add_parser("query", help="match texts (arguments, or one per stdin line)")
     query.add_argument("artifact")
     query.add_argument("texts", nargs="*")
@@ -65,6 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         handler = {
             "build": _build,
+            "train": _train,
             "query": _query,
             "info": _info,
             "verify": _verify,
@@ -95,6 +121,34 @@ def _build(args: argparse.Namespace) -> int:
         show_progress=not args.quiet,
     )
     print(index)
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .train import train_index
+
+    index = train_index(
+        args.catalog,
+        args.training,
+        args.out,
+        model=args.base_model,
+        mode=args.mode,
+        num_epochs=args.epochs,
+        batch_size=args.batch_size,
+        max_steps=args.max_steps,
+        learning_rate=args.learning_rate,
+        seed=args.seed,
+        distill={"pca_dims": args.distill_dims} if args.distill else False,
+        overwrite=args.overwrite,
+        show_progress=not args.quiet,
+    )
+    training = index.manifest.get("training") or {"mode": "zero-shot"}
+    print(index)
+    print(
+        f"mode {training['mode']}, base {training.get('base_model', {}).get('name', '-')}, "
+        f"{training.get('examples', 0)} examples, {training.get('steps', 0)} steps, "
+        f"{training.get('train_seconds', 0)} s"
+    )
     return 0
 
 

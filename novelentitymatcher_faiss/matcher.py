@@ -14,8 +14,7 @@ from .artifact import atomic_directory, file_records, list_files, read_manifest,
 from .errors import NemFaissError, TrainingError
 from .match_index import MatchIndex, load_index
 from .registry import DEFAULT_MODEL
-
-MODES = ("zero-shot",)
+from .train import MODES, SCORERS
 
 
 class Matcher:
@@ -24,6 +23,11 @@ class Matcher:
     ``fit`` builds a memory-mapped FAISS artifact (in a temp dir until :meth:`save`);
     ``Matcher.load`` / ``Matcher.from_index`` open one. ``embedding_dim`` truncates the
     model's vectors (Matryoshka) before normalization.
+
+    ``mode`` is "zero-shot", "head-only" or "full" (None: chosen by ``fit`` from the
+    training data). ``scorer`` is "index" (FAISS search, in the fine-tuned space after
+    training) or "head" (the classifier head, labelled entities only); None uses the
+    artifact's default: "head" after head-only training, else "index".
     """
 
     def __init__(
@@ -36,47 +40,95 @@ class Matcher:
         embedding_dim: int | None = None,
         index_type: str = "auto",
         show_progress: bool = False,
+        scorer: str | None = None,
     ) -> None:
         if mode is not None and mode not in MODES:
             raise TrainingError(f"mode {mode!r} is not available; choose one of {MODES}")
+        if scorer is not None and scorer not in SCORERS:
+            raise NemFaissError(f"scorer {scorer!r} is not available; choose one of {SCORERS}")
         self.entities = entities
         self.model = DEFAULT_MODEL if model == "default" else model
         self.threshold = threshold
         self.normalize = normalize
-        self.mode = mode or "zero-shot"
+        self.mode = mode
+        self.scorer = scorer
         self.embedding_dim = embedding_dim
         self.index_type = index_type
         self.show_progress = show_progress
         self.index: MatchIndex | None = None
         self._workdir: Path | None = None
+        self._head: Any = None
 
     # -- building ------------------------------------------------------------------------
     def fit(
-        self, training_data: Sequence[Mapping[str, str]] | None = None, **kwargs: Any
+        self,
+        training_data: Sequence[Mapping[str, str]] | str | Path | None = None,
+        mode: str | None = None,
+        num_epochs: int = 1,
+        batch_size: int | None = None,
+        seed: int = 0,
+        **kwargs: Any,
     ) -> Matcher:
-        """Build the index from ``entities`` (zero-shot). Returns ``self``."""
-        from .build import build_index
+        """Build the index from ``entities``, training first when examples are given.
 
-        if training_data:
-            raise TrainingError("training data was given, but this Matcher runs zero-shot only")
+        ``training_data`` is ``[{"text", "label": entity_id}]`` (or a .csv/.jsonl path).
+        ``mode`` (else the one given to the constructor, else chosen from the data):
+        "zero-shot" builds with ``model``; "head-only" fits the classifier head on the
+        frozen model; "full" fine-tunes the body with SetFit first (static models fall back
+        to mpnet, with a warning). ``batch_size`` is the training batch (16) when training,
+        the encoding batch otherwise. Other keyword arguments go to
+        :func:`~novelentitymatcher_faiss.train.train_index` (``max_steps``, ``distill``,
+        ``learning_rate``, ...) or, zero-shot, to :func:`build_index`. Returns ``self``.
+        """
+        from .build import build_index
+        from .train import train_index
+
         if self.entities is None:
             raise NemFaissError(
                 "this Matcher has no entities to fit; use Matcher.load(path) instead"
             )
+        mode = mode or self.mode
+        if mode is not None and mode not in MODES:
+            raise TrainingError(f"mode {mode!r} is not available; choose one of {MODES}")
         if self._workdir is None:
             self._workdir = Path(tempfile.mkdtemp(prefix="nem-faiss-"))
             weakref.finalize(self, shutil.rmtree, self._workdir, True)
-        self.index = build_index(
-            self.entities,
-            self._workdir / "index",
-            model=self.model,
-            embedding_dim=self.embedding_dim,
-            index_type=self.index_type,
-            normalize=self.normalize,
-            show_progress=self.show_progress,
-            overwrite=True,
-            **kwargs,
-        )
+        target = self._workdir / "index"
+        if not training_data and mode in (None, "zero-shot"):
+            if batch_size is not None:
+                kwargs["batch_size"] = batch_size
+            self.index = build_index(
+                self.entities,
+                target,
+                model=self.model,
+                embedding_dim=self.embedding_dim,
+                index_type=self.index_type,
+                normalize=self.normalize,
+                show_progress=self.show_progress,
+                overwrite=True,
+                seed=seed,
+                **kwargs,
+            )
+        else:
+            self.index = train_index(
+                self.entities,
+                training_data,
+                target,
+                model=self.model,
+                mode=mode,
+                num_epochs=num_epochs,
+                batch_size=16 if batch_size is None else batch_size,
+                seed=seed,
+                embedding_dim=self.embedding_dim,
+                index_type=self.index_type,
+                normalize=self.normalize,
+                show_progress=self.show_progress,
+                overwrite=True,
+                **kwargs,
+            )
+        self._head = None
+        training = self.index.manifest.get("training") or {}
+        self.mode = training.get("mode", "zero-shot")
         return self
 
     async def fit_async(self, *args: Any, **kwargs: Any) -> Matcher:
@@ -91,11 +143,28 @@ class Matcher:
         threshold: float | None = None,
         nprobe: int | None = None,
     ) -> Any:
-        """Upstream's shape: dict or None (one text, ``top_k=1``), lists otherwise."""
+        """Upstream's shape: dict or None (one text, ``top_k=1``), lists otherwise.
+
+        With the "head" scorer, ``score`` is the head's probability and only labelled
+        entities can be returned.
+        """
         if self.index is None:
             raise NemFaissError("call fit() (or Matcher.load) before match()")
         threshold = self.threshold if threshold is None else threshold
+        if self._scorer() == "head":
+            return self._head_scorer().match(texts, top_k=top_k, threshold=threshold)
         return self.index.match(texts, top_k=top_k, threshold=threshold, nprobe=nprobe)
+
+    def _scorer(self) -> str:
+        training = self.index.manifest.get("training") or {}
+        return self.scorer or training.get("default_scorer", "index")
+
+    def _head_scorer(self) -> Any:
+        from .train import HeadScorer, load_head
+
+        if self._head is None:
+            self._head = HeadScorer(self.index, load_head(self.index))
+        return self._head
 
     async def match_async(self, *args: Any, **kwargs: Any) -> Any:
         """:meth:`match` in a worker thread."""
@@ -112,7 +181,11 @@ class Matcher:
                 (tmp / name).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(source / name, tmp / name)
             manifest = read_manifest(tmp)
-            manifest["matcher"] = {"threshold": self.threshold, "mode": self.mode}
+            manifest["matcher"] = {
+                "threshold": self.threshold,
+                "mode": self.mode,
+                "scorer": self.scorer,
+            }
             manifest["files"] = file_records(tmp)
             write_manifest(tmp, manifest)
         return Path(path)
@@ -122,12 +195,14 @@ class Matcher:
         """Open a saved Matcher (or any artifact) from ``path``."""
         index = load_index(path, verify=verify)
         settings = index.manifest.get("matcher", {})
+        training = index.manifest.get("training") or {}
         matcher = cls(
             model=index.manifest["model"]["name"],
             threshold=float(settings.get("threshold", 0.7)),
-            mode=settings.get("mode"),
+            mode=settings.get("mode") or training.get("mode", "zero-shot"),
             embedding_dim=index.dim,
             index_type=index.manifest["index"]["type"],
+            scorer=settings.get("scorer"),
         )
         matcher.index = index
         return matcher

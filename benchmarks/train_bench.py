@@ -1,0 +1,270 @@
+"""Retraining: held-out top-1 accuracy and queries/s, zero-shot against fine-tuned.
+
+Rows: zero-shot potion-8m (dense only, and with the lexical channel that ``build_index``
+adds by default), zero-shot base model (mpnet), the SetFit fine-tuned base model (index
+scorer, and its classifier head as the alternative scorer), the fine-tuned artifact with the
+lexical channel added, and the model2vec static model distilled from the fine-tuned body.
+
+Data: ``tests/data/country_training_data.csv`` (upstream's labelled country variants) against
+``tests/data/countries.csv`` (ISO 3166-1 from pycountry, see scripts/make_country_catalog.py).
+Held out: ``holdout_split`` (per label, a third of the rows ordered by the sha256 of their
+text, never a text that is verbatim in the catalog). With ``--holdout FILE`` (text,label) the
+model trains on every row of the training file and is scored on FILE instead.
+
+The distilled row distills the fine-tuned model of the row above it
+(``train_index(model=<its bundled model folder>, mode="head-only", distill=True)``): what
+``train_index(..., distill=True)`` does after training, without training twice.
+
+Training and distillation run torch on ``--train-threads`` threads (1 by default: on a
+shared two-core machine two threads made each step several times slower).
+
+Queries/s: one query per call (``match(text)`` over the held-out texts, the latency a service
+sees) and batches of 256, median of repeats, after a warm-up that loads the model.
+
+    python benchmarks/train_bench.py [--quick] [--holdout FILE] [--max-steps N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import (
+    REPO_DIR,
+    faiss_threads,
+    library_versions,
+    machine_info,
+    markdown_table,
+    median_seconds,
+    pin_threads,
+    print_environment,
+    write_results,
+)
+
+THREADS = pin_threads(2)
+
+from novelentitymatcher_faiss import build_index  # noqa: E402
+from novelentitymatcher_faiss.artifact import MODEL_DIR  # noqa: E402
+from novelentitymatcher_faiss.catalog import read_catalog  # noqa: E402
+from novelentitymatcher_faiss.encoders import load_encoder  # noqa: E402
+from novelentitymatcher_faiss.normalize import NormalizerSettings, normalize_text  # noqa: E402
+from novelentitymatcher_faiss.train import (  # noqa: E402
+    HeadScorer,
+    check_training_data,
+    holdout_split,
+    load_head,
+    train_index,
+)
+
+DATA = REPO_DIR / "tests" / "data"
+BATCH = 256
+
+
+def catalog_texts(catalog: Path) -> set[str]:
+    """Normalized names and aliases of the catalog (never held out: every model gets them)."""
+    settings = NormalizerSettings()
+    return {
+        normalize_text(text, settings)
+        for entity in read_catalog(catalog)
+        for text in (entity["name"], *entity["aliases"])
+    }
+
+
+def accuracy(scorer, held: list[dict[str, str]]) -> tuple[float, list[str]]:  # noqa: ANN001
+    """Top-1 accuracy of ``scorer.match`` (no threshold) and the texts it got wrong."""
+    hits = scorer.match([row["text"] for row in held], top_k=1, threshold=None)
+    wrong = [
+        row["text"]
+        for row, hit in zip(held, hits, strict=True)
+        if not hit or hit["id"] != row["label"]
+    ]
+    return 1 - len(wrong) / len(held), wrong
+
+
+def speed(scorer, texts: list[str], repeats: int) -> dict[str, float]:  # noqa: ANN001
+    """Queries per second, one text per call and in batches of ``BATCH``.
+
+    One text per call runs torch on one thread, as a latency-bound service would: with more,
+    each of the model's small kernels waits on a thread barrier, which costs far more than
+    it saves on short inputs (and much more again on a shared machine).
+    """
+    import torch
+
+    scorer.match(texts[:8])  # warm-up: loads the encoder
+    single_texts = texts[:200]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        single, _ = median_seconds(lambda: [scorer.match(t) for t in single_texts], repeats)
+    finally:
+        torch.set_num_threads(threads)
+    batch = (texts * (BATCH // len(texts) + 1))[:BATCH]
+    batched, _ = median_seconds(lambda: scorer.match(batch), repeats)
+    return {
+        "qps_single": round(len(single_texts) / single, 1),
+        "qps_batch": round(BATCH / batched, 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--catalog", type=Path, default=DATA / "countries.csv")
+    parser.add_argument("--training", type=Path, default=DATA / "country_training_data.csv")
+    parser.add_argument("--holdout", type=Path, default=None, help="score on this file instead")
+    parser.add_argument("--base-model", default="mpnet")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--max-steps", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--train-threads", type=int, default=1, help="torch threads while training/distilling"
+    )
+    parser.add_argument("--quick", action="store_true", help="minilm, 20 steps, 1 repeat")
+    parser.add_argument("--name", default=None, help="results file name (default train[-quick])")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.base_model, args.max_steps, args.repeats = "minilm", args.max_steps or 20, 1
+    name = args.name or ("train-quick" if args.quick else "train")
+
+    info = {
+        "machine": {**machine_info()},
+        "versions": library_versions(),
+        "threads": {**THREADS, "faiss": faiss_threads(2)},
+    }
+    print_environment(info)
+    ids = [entity["id"] for entity in read_catalog(args.catalog)]
+    examples = check_training_data(args.training, ids)
+    if args.holdout:
+        train, held = examples, check_training_data(args.holdout, ids)
+    else:
+        train, held = holdout_split(examples, exclude=catalog_texts(args.catalog))
+    print(f"{len(train)} training examples, {len(held)} held out, {len(ids)} entities")
+    texts = [row["text"] for row in held]
+    rows: list[dict] = []
+
+    def record(label: str, scorer, **extra) -> None:  # noqa: ANN001, ANN003
+        acc, wrong = accuracy(scorer, held)
+        row = {"model": label, "top1": round(acc, 4), **speed(scorer, texts, args.repeats)}
+        row.update(extra, wrong=wrong)
+        rows.append(row)
+        print(
+            f"{label:<44} top-1 {acc:6.1%}  {row['qps_single']:>8.1f} q/s single  "
+            f"{row['qps_batch']:>8.1f} q/s batch",
+            flush=True,
+        )
+
+    with tempfile.TemporaryDirectory(prefix="train-bench-") as tmp:
+        work = Path(tmp)
+        for model, lexical in (("potion-8m", False), ("potion-8m", True), (args.base_model, False)):
+            index = build_index(
+                args.catalog, work / f"zs-{model}-{lexical}", model=model, lexical=lexical,
+                show_progress=False,
+            )  # fmt: skip
+            label = f"zero-shot {model}" + (" + lexical (build default)" if lexical else "")
+            record(label, index, mode="zero-shot", lexical=lexical)
+
+        import torch
+
+        torch.set_num_threads(args.train_threads)
+        started = time.perf_counter()
+        tuned = train_index(
+            args.catalog, train, work / "tuned", model=args.base_model, mode="full",
+            num_epochs=args.epochs, max_steps=args.max_steps, seed=args.seed,
+            show_progress=True,
+        )  # fmt: skip
+        seconds = round(time.perf_counter() - started, 1)
+        torch.set_num_threads(int(THREADS["OMP_NUM_THREADS"]))
+        steps = tuned.manifest["training"]["steps"]
+        print(f"fine-tuned {args.base_model}: {steps} steps in {seconds} s")
+        record(f"fine-tuned {args.base_model} (index)", tuned, mode="full", train_seconds=seconds,
+               steps=steps)  # fmt: skip
+        record(f"fine-tuned {args.base_model} (head scorer)", HeadScorer(tuned, load_head(tuned)),
+               mode="full")  # fmt: skip
+        folder = tuned.path / MODEL_DIR
+        lexical_index = build_index(
+            args.catalog, work / "tuned-lexical", encoder=load_encoder(str(folder)),
+            lexical=True, show_progress=False,
+        )  # fmt: skip
+        record(f"fine-tuned {args.base_model} + lexical", lexical_index, mode="full")
+
+        torch.set_num_threads(args.train_threads)
+        started = time.perf_counter()
+        static = train_index(
+            args.catalog, train, work / "static", model=str(folder), mode="head-only",
+            distill=True, seed=args.seed, show_progress=True,
+        )  # fmt: skip
+        seconds = round(time.perf_counter() - started, 1)
+        torch.set_num_threads(int(THREADS["OMP_NUM_THREADS"]))
+        record(f"fine-tuned {args.base_model}, distilled (model2vec)", static, mode="distilled",
+               distill_seconds=seconds)  # fmt: skip
+        record(f"fine-tuned {args.base_model}, distilled (head scorer)",
+               HeadScorer(static, load_head(static)), mode="distilled")  # fmt: skip
+
+    dense, lexical = rows[0], rows[1]
+    by_name = {row["model"]: row for row in rows}
+    tuned_row = by_name[f"fine-tuned {args.base_model} (index)"]
+    static_row = by_name[f"fine-tuned {args.base_model}, distilled (model2vec)"]
+    summary = {
+        f"{row['model']} vs {base['model']}": round(100 * (row["top1"] - base["top1"]), 1)
+        for row in rows[3:]
+        for base in (dense, lexical)
+    }
+    summary["distilled speed-up, single query"] = round(
+        static_row["qps_single"] / tuned_row["qps_single"], 1
+    )
+    summary["distilled speed-up, batch"] = round(
+        static_row["qps_batch"] / tuned_row["qps_batch"], 1
+    )
+    print(summary)
+    data = {
+        **info,
+        "command": "python benchmarks/train_bench.py " + " ".join(argv or sys.argv[1:]),
+        "data": {
+            "catalog": str(args.catalog.relative_to(REPO_DIR)),
+            "training": str(args.training.relative_to(REPO_DIR)),
+            "holdout": str(args.holdout) if args.holdout else "holdout_split(fraction=1/3)",
+            "train_examples": len(train),
+            "held_out": len(held),
+            "entities": len(ids),
+        },
+        "settings": {
+            "base_model": args.base_model,
+            "epochs": args.epochs,
+            "max_steps": args.max_steps,
+            "seed": args.seed,
+            "repeats": args.repeats,
+            "train_threads": args.train_threads,
+            "batch": BATCH,
+        },
+        "rows": rows,
+        "summary": summary,
+    }
+    table = markdown_table(
+        ["model", "held-out top-1", "q/s (1 per call)", f"q/s (batch {BATCH})"],
+        [
+            [r["model"], f"{r['top1']:.1%}", f"{r['qps_single']:.0f}", f"{r['qps_batch']:.0f}"]
+            for r in rows
+        ],
+    )
+    gains = markdown_table(
+        ["comparison", "top-1 points"], [[key, value] for key, value in summary.items()]
+    )
+    markdown = (
+        f"# Retraining benchmark\n\n`{data['command']}`\n\n"
+        f"{len(train)} training examples, {len(held)} held-out variants, {len(ids)} countries; "
+        f"{args.base_model} fine-tuned for {tuned_row.get('steps')} steps "
+        f"({tuned_row.get('train_seconds')} s, torch on {args.train_threads} thread(s)); "
+        f"distillation {static_row.get('distill_seconds')} s.\n\n{table}\n{gains}\n"
+        f"Machine: {info['machine']['cpu_model']}, {info['machine']['usable_cores']} cores "
+        "(shared with other jobs while measured).\n"
+    )
+    for path in write_results(name, data, markdown):
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,693 @@
+"""Retrain path: labelled examples -> SetFit -> [model2vec distill] -> catalog re-encoded.
+
+``train_index`` reads top to bottom: check the examples against the catalog, choose the
+mode, load a trainable sentence-transformer (static models fall back to ``mpnet`` with a
+warning), fine-tune its body with SetFit's contrastive phase (``full`` only), optionally
+distill the result into a model2vec static model, fit a logistic-regression head on the
+final model's vectors, and write a new artifact with :func:`build.build_index` that bundles
+the model folder (body and head), so the artifact is self-contained. Everything is written
+once, at the end, through the atomic artifact writer: an interrupted training leaves the
+previous artifact as it was. Checkpoints live in a temp dir that is always removed.
+
+Matching still searches the FAISS index, now in the fine-tuned space. The head
+(:class:`ClassifierHead`) is an alternative scorer over the labelled entities only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .artifact import MODEL_DIR
+from .catalog import MAX_TEXT_CHARS, read_catalog
+from .encoders import Encoder, fingerprint_dir, load_encoder
+from .errors import ArtifactExistsError, NemFaissError, QueryError, TrainingError
+from .normalize import NormalizerSettings, normalize_text
+from .registry import get_spec
+from .sources import SOURCE_DIR, resolve_model
+
+MODES = ("zero-shot", "head-only", "full")
+#: Where no mode is given, a label needs this many examples for ``full`` training.
+MIN_EXAMPLES_FOR_FULL = 3
+#: Trainable model used when the requested one is static (potion, MRL static embeddings).
+TRAINING_MODEL = "mpnet"
+SCORERS = ("index", "head")
+#: File of the classifier head inside a bundled model folder (safetensors, no pickle).
+HEAD_FILE = "classifier_head.safetensors"
+SAMPLING_STRATEGIES = ("undersampling", "oversampling", "unique")
+DEFAULT_DISTILL_DIMS = 256
+#: Catalog texts that join the examples in full training (see :func:`catalog_anchors`).
+ANCHORS = 2000
+#: At most this many catalog words join the distilled vocabulary (most frequent first).
+DISTILL_VOCABULARY = 20_000
+
+
+# ---------------------------------------------------------------------------- examples
+
+
+def read_training_data(
+    source: Iterable[Mapping[str, Any]] | str | os.PathLike[str],
+) -> list[tuple[str, Mapping[str, Any]]]:
+    """``(where, row)`` pairs from a list of ``{"text", "label"}`` dicts or a .csv/.jsonl file.
+
+    ``where`` names the row in error messages ("training example 3", "data.csv, line 4").
+    """
+    if isinstance(source, str | os.PathLike):
+        path = Path(source)
+        if not path.is_file():
+            raise TrainingError(f"{path}: training data file not found")
+        suffix = path.suffix.lower()
+        try:
+            with open(path, encoding="utf-8-sig", newline="") as handle:
+                if suffix == ".csv":
+                    reader = csv.DictReader(handle)
+                    missing = {"text", "label"} - set(reader.fieldnames or [])
+                    if missing:
+                        raise TrainingError(
+                            f"{path}: missing column(s) {sorted(missing)}; a training CSV needs "
+                            "'text' and 'label' (an entity id of the catalog)"
+                        )
+                    return [(f"{path}, line {reader.line_num}", row) for row in reader]
+                if suffix == ".jsonl":
+                    return [
+                        (f"{path}, line {number}", _loads(line, f"{path}, line {number}"))
+                        for number, line in enumerate(handle, start=1)
+                        if line.strip()
+                    ]
+        except UnicodeDecodeError as exc:
+            raise TrainingError(f"{path}: not valid UTF-8 ({exc.reason})") from None
+        raise TrainingError(f"{path}: unsupported training data format; use .csv or .jsonl")
+    if isinstance(source, Mapping | bytes):
+        raise TrainingError("training_data must be a list of {'text', 'label'} dicts or a path")
+    return [(f"training example {number}", row) for number, row in enumerate(source, start=1)]
+
+
+def _loads(line: str, where: str) -> Any:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise TrainingError(f"{where}: invalid JSON ({exc.msg})") from None
+
+
+def check_training_data(
+    source: Iterable[Mapping[str, Any]] | str | os.PathLike[str],
+    entity_ids: Iterable[str],
+    normalizer: NormalizerSettings | None = None,
+) -> list[dict[str, str]]:
+    """Validated examples ``[{"text", "label"}]``, texts normalized as queries will be.
+
+    Raises :class:`TrainingError` naming the row for a text that is missing, not a string or
+    empty after normalization, and naming every label that is not an id in ``entity_ids``.
+    """
+    settings = normalizer or NormalizerSettings()
+    known = set(entity_ids)
+    examples: list[dict[str, str]] = []
+    unknown: dict[str, str] = {}
+    for where, row in read_training_data(source):
+        if not isinstance(row, Mapping):
+            raise TrainingError(f"{where}: expected a mapping with 'text' and 'label'")
+        text, label = row.get("text"), row.get("label")
+        if not isinstance(text, str):
+            raise TrainingError(f"{where}: 'text' must be a string, got {text!r:.40}")
+        if not isinstance(label, str) or not label.strip():
+            raise TrainingError(f"{where}: 'label' must be a non-empty entity id, got {label!r}")
+        norm = normalize_text(text[:MAX_TEXT_CHARS], settings)
+        if not norm.strip():
+            raise TrainingError(f"{where}: text {text!r} is empty after normalization")
+        if label not in known:
+            unknown.setdefault(label, where)
+        examples.append({"text": norm, "label": label})
+    if unknown:
+        listed = ", ".join(f"{label!r} ({where})" for label, where in list(unknown.items())[:10])
+        raise TrainingError(
+            f"{len(unknown)} training label(s) are not entity ids of the catalog: {listed}"
+            f"{' ...' if len(unknown) > 10 else ''}. Labels must be the catalog's 'id' values."
+        )
+    return examples
+
+
+def choose_mode(examples: Sequence[Mapping[str, str]] | None) -> str:
+    """``zero-shot`` without examples; ``head-only`` when every label has fewer than
+    :data:`MIN_EXAMPLES_FOR_FULL` examples; else ``full``."""
+    if not examples:
+        return "zero-shot"
+    counts = Counter(example["label"] for example in examples)
+    return "full" if max(counts.values()) >= MIN_EXAMPLES_FOR_FULL else "head-only"
+
+
+def training_data_sha256(examples: Sequence[Mapping[str, str]]) -> str:
+    """Hex sha256 of the examples as canonical JSON, in order.
+
+    Canonical: a list of ``{"label", "text"}`` objects, keys sorted, no spaces
+    (``separators=(",", ":")``), non-ASCII kept (``ensure_ascii=False``), UTF-8.
+    """
+    rows = [{"label": example["label"], "text": example["text"]} for example in examples]
+    blob = json.dumps(rows, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def holdout_split(
+    examples: Sequence[Mapping[str, str]], fraction: float = 1 / 3, exclude: Iterable[str] = ()
+) -> tuple[list[Mapping[str, str]], list[Mapping[str, str]]]:
+    """Deterministic (train, held-out) split of examples for evaluation.
+
+    Per label, examples are ordered by the sha256 of their text; the first
+    ``floor(n * fraction)`` whose text is not in ``exclude`` (for instance the catalog's own
+    normalized names, which any model matches) are held out. Input order is kept.
+    """
+    skip = set(exclude)
+    by_label: dict[str, list[int]] = {}
+    for i, example in enumerate(examples):
+        by_label.setdefault(example["label"], []).append(i)
+    held: set[int] = set()
+    for rows in by_label.values():
+        ranked = sorted(rows, key=lambda i: hashlib.sha256(examples[i]["text"].encode()).digest())
+        candidates = [i for i in ranked if examples[i]["text"] not in skip]
+        held.update(candidates[: int(len(rows) * fraction)])
+    train = [example for i, example in enumerate(examples) if i not in held]
+    return train, [example for i, example in enumerate(examples) if i in held]
+
+
+def training_model(model: str) -> str:
+    """``model`` if it is a trainable sentence-transformer, else :data:`TRAINING_MODEL`.
+
+    A static model (model2vec, StaticEmbedding) has no body to fine-tune: the fallback is
+    announced with a ``UserWarning``.
+    """
+    from .encoders import detect_backend
+
+    spec = get_spec(model)
+    if spec is not None:
+        trainable, backend = spec.trainable, spec.backend
+    else:
+        backend = detect_backend(resolve_model(model, show_progress=False).path)
+        trainable = backend == "sentence-transformers"
+    if trainable:
+        return model
+    warnings.warn(
+        f"model {model!r} is a static {backend} model and cannot be fine-tuned; training "
+        f"{TRAINING_MODEL!r} instead. Pass distill=True to get static query speed back.",
+        UserWarning,
+        stacklevel=3,
+    )
+    return TRAINING_MODEL
+
+
+# ---------------------------------------------------------------------------- classifier head
+
+
+@dataclass(frozen=True, eq=False)
+class ClassifierHead:
+    """A linear softmax classifier over the labelled entities, on the model's vectors.
+
+    ``weight`` float32 (n_labels, dim), ``bias`` float32 (n_labels,), ``labels`` the entity
+    id of each row.
+    """
+
+    labels: tuple[str, ...]
+    weight: np.ndarray
+    bias: np.ndarray
+
+    def probabilities(self, vectors: np.ndarray) -> np.ndarray:
+        """Softmax probabilities, float32 (n, n_labels), for float32 vectors (n, dim)."""
+        logits = np.asarray(vectors, dtype=np.float32) @ self.weight.T + self.bias
+        logits -= logits.max(axis=1, keepdims=True)
+        np.exp(logits, out=logits)
+        logits /= logits.sum(axis=1, keepdims=True)
+        return logits
+
+    def save(self, folder: Path) -> Path:
+        """Write ``folder / HEAD_FILE`` (safetensors; labels in its metadata)."""
+        from safetensors.numpy import save_file
+
+        path = Path(folder) / HEAD_FILE
+        save_file(
+            # safetensors writes the raw buffer: it must be C-ordered (sklearn's is Fortran)
+            {"weight": np.ascontiguousarray(self.weight), "bias": np.ascontiguousarray(self.bias)},
+            str(path),
+            metadata={"labels": json.dumps(list(self.labels), ensure_ascii=False)},
+        )
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> ClassifierHead:
+        """Read a head written by :meth:`save`; :class:`NemFaissError` if it is malformed."""
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="numpy") as handle:
+                labels = tuple(json.loads((handle.metadata() or {})["labels"]))
+                weight = np.array(handle.get_tensor("weight"), dtype=np.float32)
+                bias = np.array(handle.get_tensor("bias"), dtype=np.float32)
+        except (OSError, KeyError, ValueError, TypeError) as exc:
+            raise NemFaissError(f"{path}: not a valid classifier head ({exc})") from None
+        if weight.ndim != 2 or bias.shape != (len(labels),) or len(weight) != len(labels):
+            raise NemFaissError(f"{path}: head shapes {weight.shape}/{bias.shape} do not agree")
+        return cls(labels, weight, bias)
+
+
+def fit_head(vectors: np.ndarray, labels: Sequence[str], c: float = 100.0) -> ClassifierHead:
+    """Fit SetFit's classifier phase: logistic regression on float32 vectors (n, dim).
+
+    ``c`` is the inverse L2 strength. SetFit's default of 1 is far too strong for unit
+    vectors (probabilities stay near uniform); 100 gives confident, accurate heads here.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    classes = sorted(set(labels))
+    if len(classes) < 2:
+        raise TrainingError("training needs examples of at least 2 different entities")
+    with warnings.catch_warnings():  # few examples per label is the point, not a mistake
+        warnings.filterwarnings("ignore", message="The number of unique classes")
+        model = LogisticRegression(C=c, max_iter=1000).fit(vectors, list(labels))
+    weight = np.ascontiguousarray(model.coef_, dtype=np.float32)
+    bias = np.ascontiguousarray(model.intercept_, dtype=np.float32)
+    if len(model.classes_) == 2:  # sigmoid(z) == softmax([-z/2, z/2])[1]
+        weight = np.vstack([-weight / 2, weight / 2])
+        bias = np.array([-bias[0] / 2, bias[0] / 2], dtype=np.float32)
+    return ClassifierHead(tuple(str(label) for label in model.classes_), weight, bias)
+
+
+def load_head(index: Any) -> ClassifierHead:
+    """The classifier head bundled in an opened artifact (a ``MatchIndex``)."""
+    path = index.path / MODEL_DIR / HEAD_FILE
+    if not index.manifest["model"].get("bundled") or not path.is_file():
+        raise NemFaissError(
+            f"{index.path} has no classifier head: train it with mode 'head-only' or 'full' "
+            "(nem-faiss train), or use scorer='index'"
+        )
+    return ClassifierHead.load(path)
+
+
+class HeadScorer:
+    """Match texts with the classifier head instead of the index (labelled entities only).
+
+    Results have the index's shape; ``score`` is the head's softmax probability and
+    ``text`` the entity's name.
+    """
+
+    def __init__(self, index: Any, head: ClassifierHead) -> None:
+        if index.model_dim != head.weight.shape[1]:
+            raise NemFaissError(
+                f"classifier head width {head.weight.shape[1]} != model dim {index.model_dim}"
+            )
+        self.index = index
+        self.head = head
+        self.names = [(index.get(label) or {"name": label})["name"] for label in head.labels]
+
+    def match(
+        self, texts: str | Sequence[str], top_k: int = 1, threshold: float | None = None
+    ) -> Any:
+        """Same shapes as :meth:`MatchIndex.match`: dict/None, or lists of them."""
+        from .match_index import _as_query_list, _check_top_k
+
+        single = isinstance(texts, str)
+        queries = [texts] if single else _as_query_list(texts)
+        top_k = min(_check_top_k(top_k), len(self.head.labels))
+        norm = []
+        for position, text in enumerate(queries):
+            if not isinstance(text, str):
+                raise QueryError(f"query {position}: expected a string, got {type(text).__name__}")
+            norm.append(normalize_text(text[:MAX_TEXT_CHARS], self.index.normalizer))
+        keep = [i for i, text in enumerate(norm) if text]
+        out: list[list[dict[str, Any]]] = [[] for _ in queries]
+        if keep:
+            probs = self.head.probabilities(self.index.encoder.encode([norm[i] for i in keep]))
+            order = np.argsort(-probs, axis=1, kind="stable")[:, :top_k]
+            for i, row, best in zip(keep, probs, order, strict=True):
+                out[i] = [
+                    {"id": self.head.labels[j], "score": float(row[j]), "text": self.names[j]}
+                    for j in best
+                    if threshold is None or row[j] >= threshold
+                ]
+        shaped = [(hits[0] if hits else None) if top_k == 1 else hits for hits in out]
+        return shaped[0] if single else shaped
+
+
+# ---------------------------------------------------------------------------- training
+
+
+@contextlib.contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """Seed python, numpy and torch, and run torch's deterministic kernels, then restore."""
+    import torch
+    from transformers import set_seed
+
+    enabled = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    set_seed(seed)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+
+
+def fine_tune_body(
+    body: Any,
+    examples: Sequence[Mapping[str, str]],
+    workdir: Path,
+    *,
+    num_epochs: int = 1,
+    batch_size: int = 16,
+    max_steps: int | None = None,
+    learning_rate: float = 2e-5,
+    sampling_strategy: str = "undersampling",
+    seed: int = 0,
+    show_progress: bool = True,
+    callbacks: Sequence[Any] = (),
+) -> int:
+    """SetFit's contrastive phase on a ``SentenceTransformer`` ``body``, in place.
+
+    Pairs of examples with the same label are pulled together, other pairs pushed apart
+    (CosineSimilarityLoss). Checkpoint output goes under ``workdir``, never the working
+    directory. ``callbacks`` are transformers ``TrainerCallback``s. Returns the steps run.
+    """
+    from setfit import SetFitModel, Trainer, TrainingArguments
+    from transformers import ProgressCallback
+
+    args = TrainingArguments(
+        output_dir=str(workdir / "checkpoints"),
+        batch_size=batch_size,
+        num_epochs=num_epochs,
+        max_steps=max_steps or -1,
+        body_learning_rate=learning_rate,
+        sampling_strategy=sampling_strategy,
+        seed=seed,
+        report_to="none",
+        save_strategy="no",
+        logging_strategy="steps" if show_progress else "no",
+        show_progress_bar=show_progress,
+    )
+    trainer = Trainer(model=SetFitModel(model_body=body), args=args, callbacks=list(callbacks))
+    trainer.st_trainer.args.dataloader_pin_memory = False  # CPU: pinning only warns
+    if not show_progress:
+        trainer.pop_callback(ProgressCallback)
+    ids = {label: i for i, label in enumerate(sorted(labels_of(examples)))}
+    trainer.train_embeddings(
+        [example["text"] for example in examples], [ids[example["label"]] for example in examples]
+    )
+    return int(trainer.st_trainer.state.global_step)
+
+
+def catalog_anchors(
+    entities: Iterable[Mapping[str, Any]] | str | os.PathLike[str],
+    labels: Iterable[str],
+    settings: NormalizerSettings,
+    limit: int = ANCHORS,
+    seed: int = 0,
+) -> list[dict[str, str]]:
+    """The catalog's own texts as examples of their entity, for full training.
+
+    Every name and alias of the labelled entities comes first, then a seeded uniform sample
+    (reservoir) of the other entities' texts, ``limit`` in all. They tie the variants to the
+    texts the index holds and give negatives from the whole catalog, so fine-tuning does not
+    distort the space of the entities without examples (without anchors, SetFit's pair
+    training lowered mpnet's held-out top-1; see docs/training.md).
+    """
+    import random
+
+    wanted = set(labels)
+    first: list[dict[str, str]] = []
+    others: list[dict[str, str]] = []
+    rng = random.Random(seed)
+    seen = 0
+    for entity in read_catalog(entities):
+        texts = {
+            normalize_text(t[:MAX_TEXT_CHARS], settings)
+            for t in (entity["name"], *entity["aliases"])
+        }
+        for text in sorted(t for t in texts if t):
+            row = {"text": text, "label": entity["id"]}
+            if entity["id"] in wanted:
+                first.append(row)
+                continue
+            seen += 1
+            if len(others) < limit:
+                others.append(row)
+            elif (j := rng.randrange(seen)) < limit:
+                others[j] = row
+    room = max(0, limit - len(first))
+    return first[:limit] + (rng.sample(others, room) if len(others) > room else others)
+
+
+def distill_vocabulary(
+    entities: Iterable[Mapping[str, Any]] | str | os.PathLike[str],
+    examples: Sequence[Mapping[str, str]],
+    settings: NormalizerSettings,
+    limit: int = DISTILL_VOCABULARY,
+) -> list[str]:
+    """Words for the distilled model's vocabulary: every word of the training examples, then
+    the catalog's most frequent words, up to ``limit`` in all (normalized as queries are).
+
+    model2vec embeds each such word with one pass through the fine-tuned body, so the static
+    model holds the fine-tuned vector of whole words instead of an average of sub-words.
+    """
+    words = {word for example in examples for word in example["text"].split()}
+    catalog: Counter[str] = Counter()
+    for entity in read_catalog(entities):
+        for text in (entity["name"], *entity["aliases"]):
+            catalog.update(normalize_text(text[:MAX_TEXT_CHARS], settings).split())
+    chosen = sorted(words)[:limit]
+    seen = set(chosen)
+    chosen += [w for w, _ in catalog.most_common() if w not in seen][: max(0, limit - len(chosen))]
+    return chosen
+
+
+def distill_static(folder: Path, out: Path, options: Mapping[str, Any], base_id: str) -> Path:
+    """Distill the sentence-transformer in ``folder`` into a model2vec model saved at ``out``.
+
+    ``options`` go to ``model2vec.distill.distill`` (``pca_dims`` defaults to 256).
+    """
+    from model2vec.distill import distill
+
+    static = distill(model_name=str(folder), **{"pca_dims": DEFAULT_DISTILL_DIMS, **options})
+    static.base_model_name = base_id  # keep temp paths out of the saved config
+    static.config["tokenizer_name"] = base_id
+    static.save_pretrained(out)
+    return out
+
+
+def _copy_source(base: Path, folder: Path) -> None:
+    """Carry the base model's provenance and licence files (``_source/``) along."""
+    if (base / SOURCE_DIR).is_dir():
+        shutil.copytree(base / SOURCE_DIR, folder / SOURCE_DIR, dirs_exist_ok=True)
+
+
+def train_index(
+    entities: Iterable[Mapping[str, Any]] | str | Path,
+    training_data: Iterable[Mapping[str, Any]] | str | Path | None,
+    path: str | Path,
+    *,
+    model: str = TRAINING_MODEL,
+    mode: str | None = None,
+    num_epochs: int = 1,
+    batch_size: int = 16,
+    max_steps: int | None = None,
+    learning_rate: float = 2e-5,
+    sampling_strategy: str = "undersampling",
+    seed: int = 0,
+    head_c: float = 100.0,
+    anchors: int = ANCHORS,
+    distill: bool | Mapping[str, Any] = False,
+    embedding_dim: int | None = None,
+    normalize: bool | NormalizerSettings = True,
+    lexical: Any = False,
+    show_progress: bool = True,
+    overwrite: bool = False,
+    callbacks: Sequence[Any] = (),
+    **build_kwargs: Any,
+):  # noqa: ANN201 - returns MatchIndex, like build_index
+    """Train on ``training_data`` and write a self-contained artifact to ``path``.
+
+    ``training_data``: ``[{"text", "label": entity_id}]`` or a .csv/.jsonl file of them.
+    ``mode``: "zero-shot" (no training), "head-only" (body frozen, head fitted), "full"
+    (SetFit body fine-tuning, then the head); None picks one (:func:`choose_mode`).
+    ``num_epochs``, ``batch_size``, ``max_steps``, ``learning_rate`` and
+    ``sampling_strategy`` drive SetFit's pair training, on the examples plus up to
+    ``anchors`` catalog texts (:func:`catalog_anchors`). ``distill=True`` (or a dict of
+    ``model2vec.distill.distill`` options) turns the result into a static model2vec model.
+    ``lexical`` defaults to dense-only here (the lexical channel is not trained).
+    Other keyword arguments go to :func:`build.build_index`. Returns the opened index.
+    """
+    from .build import build_index
+
+    started = time.perf_counter()
+    if mode is not None and mode not in MODES:
+        raise TrainingError(f"mode {mode!r} is not available; choose one of {MODES}")
+    if sampling_strategy not in SAMPLING_STRATEGIES:
+        raise TrainingError(f"sampling_strategy must be one of {SAMPLING_STRATEGIES}")
+    for name, value in (("num_epochs", num_epochs), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise TrainingError(f"{name} must be a positive int, got {value!r}")
+    settings = (
+        normalize
+        if isinstance(normalize, NormalizerSettings)
+        else NormalizerSettings(bool(normalize))
+    )
+    if Path(path).exists() and not overwrite:  # fail before minutes of training, not after
+        raise ArtifactExistsError(f"{path}: already exists; pass overwrite=True to replace it")
+    if not isinstance(entities, str | os.PathLike | Sequence):
+        entities = list(entities)  # read twice: ids now, texts when building
+    examples = (
+        check_training_data(training_data, (e["id"] for e in read_catalog(entities)), settings)
+        if training_data is not None
+        else []
+    )
+    mode = mode or choose_mode(examples)
+    common = {
+        "embedding_dim": embedding_dim,
+        "normalize": settings,
+        "lexical": lexical,
+        "show_progress": show_progress,
+        "overwrite": overwrite,
+        "seed": seed,
+        **build_kwargs,
+    }
+    if mode == "zero-shot":
+        if examples:
+            raise TrainingError("mode 'zero-shot' takes no training data; use head-only or full")
+        return build_index(entities, path, model=model, **common)
+    if not examples:
+        raise TrainingError(f"mode {mode!r} needs training data: [{{'text', 'label'}}, ...]")
+    if len(labels_of(examples)) < 2:
+        raise TrainingError(
+            "training needs examples of at least 2 different entities; without training "
+            "data, fit() builds a zero-shot index"
+        )
+
+    base_name = training_model(model)
+    base = load_encoder(base_name, show_progress=show_progress)
+    record: dict[str, Any] = {
+        "mode": mode,
+        "requested_model": model,
+        "base_model": {
+            "name": base.model_name,
+            "id": base.spec.model_id,
+            "fingerprint": base.fingerprint,
+        },
+        "training_data_sha256": training_data_sha256(examples),
+        "examples": len(examples),
+        "labels": len(labels_of(examples)),
+        "num_epochs": num_epochs if mode == "full" else None,
+        "seed": seed,
+    }
+    with tempfile.TemporaryDirectory(prefix="nem-faiss-train-") as tmp:
+        work = Path(tmp)
+        folder = work / "model"
+        if mode == "full":
+            extra = catalog_anchors(entities, labels_of(examples), settings, anchors, seed)
+            with _seeded(seed):
+                steps = fine_tune_body(
+                    base.model,
+                    examples + extra,
+                    work,
+                    num_epochs=num_epochs,
+                    batch_size=batch_size,
+                    max_steps=max_steps,
+                    learning_rate=learning_rate,
+                    sampling_strategy=sampling_strategy,
+                    seed=seed,
+                    show_progress=show_progress,
+                    callbacks=callbacks,
+                )
+            base.model.save_pretrained(str(folder), create_model_card=False)
+            _copy_source(base.path, folder)
+            record.update(
+                batch_size=batch_size,
+                max_steps=max_steps,
+                steps=steps,
+                learning_rate=learning_rate,
+                sampling_strategy=sampling_strategy,
+                loss="CosineSimilarityLoss",
+                anchors=len(extra),
+            )
+        else:  # head-only: the body's files are copied untouched
+            shutil.copytree(base.path, folder)
+        del base
+        suffix = "setfit" if mode == "full" else "head"
+        if distill:
+            options = dict(distill) if isinstance(distill, Mapping) else {}
+            if "vocabulary" not in options:
+                options["vocabulary"] = distill_vocabulary(entities, examples, settings)
+            with _seeded(seed):
+                distill_static(folder, work / "static", options, record["base_model"]["id"])
+            _copy_source(folder, work / "static")
+            folder = work / "static"
+            suffix += "-static"
+            record["distilled"] = {
+                "tool": "model2vec.distill",
+                "pca_dims": options.get("pca_dims", DEFAULT_DISTILL_DIMS),
+                "added_words": len(options["vocabulary"] or ()),
+                **_jsonable({k: v for k, v in options.items() if k != "vocabulary"}),
+            }
+        encoder = load_encoder(str(folder), embedding_dim=embedding_dim, show_progress=False)
+        head = fit_head(
+            encoder.encode([example["text"] for example in examples]),
+            [example["label"] for example in examples],
+            head_c,
+        )
+        head.save(folder)
+        encoder = _renamed(
+            encoder,
+            folder,
+            f"{record['base_model']['name']}-{suffix}",
+            base_id=f"{record['base_model']['id']} ({suffix})",
+        )
+        record["head"] = {"type": "logistic-regression", "c": head_c, "labels": len(head.labels)}
+        record["default_scorer"] = "head" if mode == "head-only" else "index"
+        record["versions"] = _versions()
+        record["train_seconds"] = round(time.perf_counter() - started, 3)
+        return build_index(
+            entities,
+            path,
+            encoder=encoder,
+            bundle_model=True,
+            extra_manifest={"training": record},
+            **common,
+        )
+
+
+def labels_of(examples: Sequence[Mapping[str, str]]) -> set[str]:
+    """The distinct labels of ``examples``."""
+    return {example["label"] for example in examples}
+
+
+def _renamed(encoder: Encoder, folder: Path, name: str, base_id: str) -> Encoder:
+    """``encoder`` under a stable name (not its temp path), fingerprint over the final files."""
+    spec = dataclasses.replace(encoder.spec, alias=name, model_id=base_id)
+    return dataclasses.replace(
+        encoder, model_name=name, spec=spec, fingerprint=fingerprint_dir(folder)
+    )
+
+
+def _jsonable(options: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        key: value if isinstance(value, int | float | str | bool | None) else str(value)
+        for key, value in options.items()
+    }
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for package in ("setfit", "sentence-transformers", "transformers", "torch", "model2vec"):
+        with contextlib.suppress(PackageNotFoundError):
+            out[package] = version(package)
+    return out
