@@ -58,7 +58,8 @@ def search(
     k = max(1, min(k, index.ntotal))
     reranking = vectors is not None and rerank > 1
     fetch = min(index.ntotal, max(k * rerank, RERANK_MIN_CANDIDATES)) if reranking else k
-    faiss.omp_set_num_threads(1 if len(queries) == 1 else _default_threads())
+    threads = _default_threads()  # read before any per-thread change below is cached
+    faiss.omp_set_num_threads(1 if len(queries) == 1 else threads)
     scores, rows = index.search(queries, fetch, params=search_params(index, nprobe))
     if fetch > k:
         scores, rows = rerank_exact(queries, rows, vectors, k)

@@ -288,3 +288,16 @@ def test_copied_artifact_verifies(tmp_path, unis):
         load_index(copy, verify="full").match("MIT")["id"]
         == "massachusetts_institute_of_technology"
     )
+
+
+def test_single_queries_do_not_pin_batches_to_one_thread():
+    import faiss
+
+    from novelentitymatcher_faiss.search import search
+
+    index = faiss.IndexFlatIP(8)
+    index.add(np.random.default_rng(0).random((100, 8), dtype=np.float32))
+    before = faiss.omp_get_max_threads()
+    search(index, np.ones((1, 8), np.float32), 3)  # a single query first
+    search(index, np.ones((5, 8), np.float32), 3)
+    assert faiss.omp_get_max_threads() == before
