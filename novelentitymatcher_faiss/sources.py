@@ -33,6 +33,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from novelentitymatcher_faiss.artifact import fsync_tree
 from novelentitymatcher_faiss.errors import ModelError, ModelNotFoundError
 from novelentitymatcher_faiss.registry import ModelSpec, WheelSource, get_spec
 
@@ -214,23 +215,13 @@ def _write_source(folder: Path, info: dict) -> None:
         os.fsync(fh.fileno())
 
 
-def _fsync_tree(folder: Path) -> None:
-    for root, _dirs, files in os.walk(folder):
-        for fname in files:
-            fd = os.open(os.path.join(root, fname), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-
-
 def _commit(staging: Path, entry: Path) -> Path:
     """Move a finished ``staging`` folder to ``entry`` with one rename.
 
     If another process committed the same model first, its copy wins and ``staging`` is
     left for the caller to delete. A leftover incomplete folder at ``entry`` is moved aside.
     """
-    _fsync_tree(staging)
+    fsync_tree(staging)
     for _ in range(3):
         try:
             os.rename(staging, entry)
