@@ -6,6 +6,7 @@ import random
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -293,11 +294,18 @@ def test_copied_artifact_verifies(tmp_path, unis):
 def test_single_queries_do_not_pin_batches_to_one_thread():
     import faiss
 
-    from novelentitymatcher_faiss.search import search
+    from novelentitymatcher_faiss.search import _default_threads, search
 
     index = faiss.IndexFlatIP(8)
     index.add(np.random.default_rng(0).random((100, 8), dtype=np.float32))
-    before = faiss.omp_get_max_threads()
-    search(index, np.ones((1, 8), np.float32), 3)  # a single query first
-    search(index, np.ones((5, 8), np.float32), 3)
-    assert faiss.omp_get_max_threads() == before
+
+    def run() -> tuple[int, int]:
+        search(index, np.ones((1, 8), np.float32), 3)  # a single query first, in a new thread
+        single = faiss.omp_get_max_threads()
+        search(index, np.ones((5, 8), np.float32), 3)
+        return single, faiss.omp_get_max_threads()
+
+    with ThreadPoolExecutor(1) as pool:
+        single, batch = pool.submit(run).result()
+    assert single == 1
+    assert batch == _default_threads() and (batch > 1 or (os.cpu_count() or 1) == 1)
