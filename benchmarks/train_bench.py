@@ -109,6 +109,40 @@ def speed(scorer, texts: list[str], repeats: int) -> dict[str, float]:  # noqa: 
     }
 
 
+def render_markdown(data: dict) -> str:
+    """The Markdown report of a results dict (as written to ``results/train.json``)."""
+    rows, settings, counts = data["rows"], data["settings"], data["data"]
+    held = counts["held_out"]
+    table = markdown_table(
+        ["model", "held-out top-1", "q/s (1 per call)", f"q/s (batch {settings['batch']})"],
+        [
+            [
+                row["model"],
+                f"{held - len(row['wrong'])}/{held} = {(held - len(row['wrong'])) / held:.1%}",
+                f"{row['qps_single']:.0f}",
+                f"{row['qps_batch']:.0f}",
+            ]
+            for row in rows
+        ],
+    )
+    gains = markdown_table(
+        ["comparison", "top-1 points / speed-up"],
+        [[key, value] for key, value in data["summary"].items()],
+    )
+    tuned = next(row for row in rows if "steps" in row)
+    static = next(row for row in rows if "distill_seconds" in row)
+    machine = data["machine"]
+    return (
+        f"# Retraining benchmark\n\n`{data['command']}`\n\n"
+        f"{counts['train_examples']} training examples, {held} held-out variants, "
+        f"{counts['entities']} countries; {settings['base_model']} fine-tuned for "
+        f"{tuned['steps']} steps ({tuned['train_seconds']} s, torch on "
+        f"{settings['train_threads']} thread(s)); distillation {static['distill_seconds']} s.\n\n"
+        f"{table}\n{gains}\nMachine: {machine['cpu_model']}, {machine['usable_cores']} cores "
+        "(shared with other jobs while measured).\n"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--catalog", type=Path, default=DATA / "countries.csv")
@@ -218,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     summary["distilled speed-up, batch"] = round(
         static_row["qps_batch"] / tuned_row["qps_batch"], 1
     )
-    print(summary)
+    for key, value in summary.items():
+        print(f"{key}: {value:+.1f}" if "speed-up" not in key else f"{key}: {value}x")
     data = {
         **info,
         "command": "python benchmarks/train_bench.py " + " ".join(argv or sys.argv[1:]),
@@ -242,25 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         "rows": rows,
         "summary": summary,
     }
-    table = markdown_table(
-        ["model", "held-out top-1", "q/s (1 per call)", f"q/s (batch {BATCH})"],
-        [
-            [r["model"], f"{r['top1']:.1%}", f"{r['qps_single']:.0f}", f"{r['qps_batch']:.0f}"]
-            for r in rows
-        ],
-    )
-    gains = markdown_table(
-        ["comparison", "top-1 points"], [[key, value] for key, value in summary.items()]
-    )
-    markdown = (
-        f"# Retraining benchmark\n\n`{data['command']}`\n\n"
-        f"{len(train)} training examples, {len(held)} held-out variants, {len(ids)} countries; "
-        f"{args.base_model} fine-tuned for {tuned_row.get('steps')} steps "
-        f"({tuned_row.get('train_seconds')} s, torch on {args.train_threads} thread(s)); "
-        f"distillation {static_row.get('distill_seconds')} s.\n\n{table}\n{gains}\n"
-        f"Machine: {info['machine']['cpu_model']}, {info['machine']['usable_cores']} cores "
-        "(shared with other jobs while measured).\n"
-    )
+    markdown = render_markdown(data)
     for path in write_results(name, data, markdown):
         print(f"wrote {path}")
     return 0
