@@ -48,8 +48,7 @@ def _header(rows: int, cols: int, dtype: np.dtype) -> bytes:
 class NpyRowWriter:
     """Append C-contiguous rows of shape (k, cols) to a ``.npy`` whose row count grows.
 
-    The file is readable by ``np.load`` once :meth:`close` has rewritten the header, and
-    can be memory-mapped meanwhile with :meth:`view` (rows written so far).
+    The file is readable by ``np.load`` once :meth:`close` has rewritten the header.
     """
 
     def __init__(self, path: Path, cols: int, dtype: type = np.float32) -> None:
@@ -67,10 +66,3 @@ class NpyRowWriter:
         self._handle.seek(0)
         self._handle.write(_header(self.rows, self.cols, self.dtype))
         self._handle.close()
-
-    def view(self) -> np.ndarray:
-        """Read-only memory map of the rows written so far, shape (rows, cols)."""
-        self._handle.flush()
-        if self.rows == 0:
-            return np.zeros((0, self.cols), self.dtype)
-        return np.memmap(self.path, self.dtype, "r", _HEADER_BYTES, (self.rows, self.cols))

@@ -8,7 +8,6 @@ offsets, so string ``i`` is ``blob[offsets[i]:offsets[i + 1]]``. Both open with
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -30,10 +29,6 @@ class StringTableWriter:
         data = text.encode("utf-8")
         self._handle.write(data)
         self._offsets.append(self._offsets[-1] + len(data))
-
-    def extend(self, texts: Iterable[str]) -> None:
-        for text in texts:
-            self.add(text)
 
     def __len__(self) -> int:
         return len(self._offsets) - 1
