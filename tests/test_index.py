@@ -308,4 +308,4 @@ def test_single_queries_do_not_pin_batches_to_one_thread():
     with ThreadPoolExecutor(1) as pool:
         single, batch = pool.submit(run).result()
     assert single == 1
-    assert batch == _default_threads() and (batch > 1 or (os.cpu_count() or 1) == 1)
+    assert batch == _default_threads()  # the process default, whatever a single query set
