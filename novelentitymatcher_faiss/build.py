@@ -354,7 +354,9 @@ def _tune_nprobe(
     for nprobe in candidates:
         _, found = search(index, queries, k, nprobe=nprobe, vectors=vectors, rerank=rerank)
         at_10 = recall_at_k(queries, found, truth[:, :1], vectors)
-        _, first = search(index, queries, 1, nprobe=nprobe, vectors=vectors, rerank=rerank)
+        first = found[:, :1]  # without re-rank, the top-10 search's first column is top-1
+        if rerank > 1:  # re-ranking fetches a different candidate count for k=1
+            _, first = search(index, queries, 1, nprobe=nprobe, vectors=vectors, rerank=rerank)
         at_1 = recall_at_k(queries, first, truth[:, :1], vectors)
         table.append(
             {
