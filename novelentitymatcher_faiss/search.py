@@ -6,20 +6,12 @@ All functions take and return numpy arrays: queries are float32 (nq, d), scores 
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterator
 
 import numpy as np
 
 #: Re-ranking always looks at this many candidates at least (cheap, and it helps top-1).
 RERANK_MIN_CANDIDATES = 32
-
-
-@functools.cache
-def _default_threads() -> int:
-    import faiss
-
-    return faiss.omp_get_max_threads()
 
 
 def search_params(index, nprobe: int | None):  # noqa: ANN001, ANN201 - faiss objects
@@ -50,7 +42,8 @@ def search(
     With ``vectors`` (float32 (n, d), may be a memmap) and ``rerank > 1``,
     ``max(k * rerank, RERANK_MIN_CANDIDATES)`` candidates are fetched and re-scored exactly
     against the stored vectors.
-    Single queries run on one OpenMP thread (faster than two for one query); batches on all.
+    Single queries run on one OpenMP thread (faster than two for one query); the calling
+    thread's OpenMP setting, which torch shares, is restored before returning.
     """
     import faiss
 
@@ -58,9 +51,16 @@ def search(
     k = max(1, min(k, index.ntotal))
     reranking = vectors is not None and rerank > 1
     fetch = min(index.ntotal, max(k * rerank, RERANK_MIN_CANDIDATES)) if reranking else k
-    threads = _default_threads()  # read before any per-thread change below is cached
-    faiss.omp_set_num_threads(1 if len(queries) == 1 else threads)
-    scores, rows = index.search(queries, fetch, params=search_params(index, nprobe))
+    params = search_params(index, nprobe)
+    if len(queries) == 1:
+        threads = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(1)
+        try:
+            scores, rows = index.search(queries, fetch, params=params)
+        finally:
+            faiss.omp_set_num_threads(threads)
+    else:
+        scores, rows = index.search(queries, fetch, params=params)
     if fetch > k:
         scores, rows = rerank_exact(queries, rows, vectors, k)
     return scores, rows

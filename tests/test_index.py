@@ -291,21 +291,23 @@ def test_copied_artifact_verifies(tmp_path, unis):
     )
 
 
-def test_single_queries_do_not_pin_batches_to_one_thread():
+def test_search_leaves_the_callers_thread_setting_alone():
+    """torch shares OpenMP's thread setting: a search must not change what the caller set."""
     import faiss
 
-    from novelentitymatcher_faiss.search import _default_threads, search
+    from novelentitymatcher_faiss.search import search
 
     index = faiss.IndexFlatIP(8)
     index.add(np.random.default_rng(0).random((100, 8), dtype=np.float32))
 
-    def run() -> tuple[int, int]:
-        search(index, np.ones((1, 8), np.float32), 3)  # a single query first, in a new thread
-        single = faiss.omp_get_max_threads()
-        search(index, np.ones((5, 8), np.float32), 3)
-        return single, faiss.omp_get_max_threads()
+    def run(threads: int) -> list[int]:
+        faiss.omp_set_num_threads(threads)
+        seen = []
+        for batch in (1, 5, 1):
+            search(index, np.ones((batch, 8), np.float32), 3)
+            seen.append(faiss.omp_get_max_threads())
+        return seen
 
-    with ThreadPoolExecutor(1) as pool:
-        single, batch = pool.submit(run).result()
-    assert single == 1
-    assert batch == _default_threads()  # the process default, whatever a single query set
+    for threads in (1, 3):  # each in a fresh thread, so the main thread's setting is untouched
+        with ThreadPoolExecutor(1) as pool:
+            assert pool.submit(run, threads).result() == [threads] * 3
