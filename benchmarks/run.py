@@ -2,7 +2,7 @@
 
 Runs the artifact benchmark and writes ``benchmarks/results/artifact.{json,md}`` (full) or
 ``benchmarks/results/artifact-quick.{json,md}`` (quick). Every other flag goes through to
-``artifact_bench.py`` (``--rebuild``, ``--sizes``, ``--threads``, ``--no-upstream``, ...).
+``artifact_bench.py`` (``--rebuild``, ``--sizes``, ``--threads``, ...).
 """
 
 from __future__ import annotations

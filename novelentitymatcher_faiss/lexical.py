@@ -10,6 +10,7 @@ FAISS index serves both channels, and scores stay in [-1, 1].
 
 from __future__ import annotations
 
+import math
 import re
 import unicodedata
 from collections.abc import Sequence
@@ -142,9 +143,10 @@ def _buckets(text: str, settings: LexicalSettings) -> list[int]:
 
 def combine(dense: np.ndarray, lexical: np.ndarray, weight: float) -> np.ndarray:
     """C-contiguous float32 (n, d_dense + d_lexical): the weighted concatenation."""
-    return np.ascontiguousarray(
-        np.hstack([np.sqrt(1.0 - weight) * dense, np.sqrt(weight) * lexical]), dtype=np.float32
-    )
+    out = np.empty((len(dense), dense.shape[1] + lexical.shape[1]), dtype=np.float32)
+    np.multiply(dense, math.sqrt(1.0 - weight), out=out[:, : dense.shape[1]], casting="unsafe")
+    np.multiply(lexical, math.sqrt(weight), out=out[:, dense.shape[1] :], casting="unsafe")
+    return out
 
 
 def featurize(
