@@ -10,6 +10,7 @@ FAISS index serves both channels, and scores stay in [-1, 1].
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import unicodedata
@@ -59,7 +60,8 @@ class LexicalSettings:
 _COMBINING = re.compile("[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f]")
 _SEPARATOR = 0  # codepoint that ends each text in the joined batch
 _SPACE = 32
-_MIX = np.uint32(0x9E3779B1)  # odd constant (golden ratio) for multiplicative hashing
+_MIX_INT = 0x9E3779B1  # odd constant (golden ratio) for multiplicative hashing
+_MIX = np.uint32(_MIX_INT)
 _SMALL_BATCH = 2  # up to this many texts, plain Python beats numpy's per-call overhead
 
 
@@ -90,8 +92,7 @@ def lexical_vectors(texts: Sequence[str], settings: LexicalSettings) -> np.ndarr
     out = np.zeros((len(texts), settings.dim), dtype=np.float32)
     if len(texts) <= _SMALL_BATCH:
         for row, text in enumerate(texts):
-            for bucket in _buckets(text, settings):
-                out[row, bucket] += 1.0
+            out[row] = np.bincount(_buckets(text, settings), minlength=settings.dim)
         return _unit_rows(out)
     codes, rows = _codepoints(texts)
     is_space = codes == _SPACE
@@ -120,25 +121,41 @@ def lexical_vectors(texts: Sequence[str], settings: LexicalSettings) -> np.ndarr
 
 
 def _unit_rows(out: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(out, axis=1, keepdims=True)
+    """Divide each row of ``out`` by its L2 norm in place (what ``np.linalg.norm`` computes)."""
+    norms = np.sqrt(np.add.reduce(out * out, axis=1, keepdims=True))
     np.divide(out, norms, out=out, where=norms > 0)
     return out
 
 
 def _buckets(text: str, settings: LexicalSettings) -> list[int]:
-    """The same buckets as the vectorized path, for one text in plain Python (no overhead)."""
-    codes = [ord(ch) for ch in fold(" " + " ".join(text.replace("\0", " ").split()) + " ")]
+    """The same buckets as the vectorized path, for one text in plain Python (no overhead).
+
+    No counted window crosses a space, so a text's buckets are the concatenation of its
+    space-padded words' buckets, which are cached (names share words).
+    """
+    found: list[int] = []
+    for word in text.replace("\0", " ").split():
+        found.extend(_word_buckets(word, settings.ngram_min, settings.ngram_max, settings.dim))
+    return found
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _word_buckets(word: str, ngram_min: int, ngram_max: int, dim: int) -> tuple[int, ...]:
+    """Buckets of the windows of ``" word "`` (folded) that hold no interior space."""
+    codes = [ord(ch) for ch in fold(" " + word + " ")]
+    interior = _SPACE in codes[1:-1]  # folding can turn a mark into a space
     found = []
-    for n in range(settings.ngram_min, settings.ngram_max + 1):
+    for n in range(ngram_min, ngram_max + 1):
         for i in range(len(codes) - n + 1):
-            window = codes[i : i + n]
-            if _SPACE in window[1:-1] or (n <= 2 and window[0] == window[-1] == _SPACE):
+            if interior and _SPACE in codes[i + 1 : i + n - 1]:
+                continue
+            if n <= 2 and codes[i] == codes[i + n - 1] == _SPACE:
                 continue
             hashed = n
-            for code in window:
+            for code in codes[i : i + n]:
                 hashed = (hashed * 1_000_003 + code) & 0xFFFFFFFF
-            found.append((((hashed * int(_MIX)) & 0xFFFFFFFF) >> 7) % settings.dim)
-    return found
+            found.append((((hashed * _MIX_INT) & 0xFFFFFFFF) >> 7) % dim)
+    return tuple(found)
 
 
 def combine(dense: np.ndarray, lexical: np.ndarray, weight: float) -> np.ndarray:

@@ -1,13 +1,13 @@
 """Memory-mapped string tables: a UTF-8 blob plus an int64 offsets ``.npy``.
 
 ``NAME.bin`` (or another extension) holds the strings back to back; ``NAME.offsets.npy``
-holds ``n + 1`` int64
-offsets, so string ``i`` is ``blob[offsets[i]:offsets[i + 1]]``. Both open with
-``mmap``, so opening a table of millions of strings costs no parsing.
+holds ``n + 1`` int64 offsets, so string ``i`` is ``blob[offsets[i]:offsets[i + 1]]``. Both
+open with ``mmap``, so opening a table of millions of strings costs no parsing.
 """
 
 from __future__ import annotations
 
+import mmap
 from pathlib import Path
 
 import numpy as np
@@ -51,9 +51,11 @@ class StringTable:
                 f"{offsets_path}: offsets do not span {blob_path.name} ({size} bytes); "
                 "the artifact is damaged, rebuild it"
             )
-        self.blob = (
-            np.memmap(blob_path, dtype=np.uint8, mode="r") if size else np.zeros(0, np.uint8)
-        )
+        self.offsets = self.offsets.view(np.ndarray)  # plain item access, still mapped
+        self.blob: mmap.mmap | bytes = b""
+        if size:
+            with open(blob_path, "rb") as handle:
+                self.blob = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
         self.name = name
 
     def __len__(self) -> int:
@@ -68,7 +70,7 @@ class StringTable:
                 f"{self.name}.offsets.npy: row {i} points outside the blob; rebuild the artifact"
             )
         try:
-            return bytes(self.blob[start:stop]).decode("utf-8")
+            return self.blob[start:stop].decode("utf-8")
         except UnicodeDecodeError:
             raise ArtifactCorruptError(
                 f"{self.name}.bin: row {i} is not valid UTF-8; the artifact is damaged"

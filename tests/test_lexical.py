@@ -141,7 +141,7 @@ def test_explain_parts_add_up_and_artifact_settings_win(tmp_path):
 
 def test_single_text_path_equals_the_batch_path():
     rng = random.Random(0)
-    alphabet = "abcdeé üßΣσς中文🙂\t\nxyz  "
+    alphabet = "abcdeé üßΣσς中文🙂\t\nxyz  \u0301\u02d8\u00a8\u2002"  # + marks NFKD spaces
     texts = ["".join(rng.choice(alphabet) for _ in range(rng.randrange(30))) for _ in range(500)]
     texts += ["", "  ", "a", "Zürich", "ΟΔΟΣ"]
     for settings in (SETTINGS, LexicalSettings(ngram_min=1, ngram_max=4, dim=97)):
