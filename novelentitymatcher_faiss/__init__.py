@@ -39,6 +39,7 @@ __all__ = [
     "load_encoder",
     "load_index",
     "register_model",
+    "update_index",
 ]
 
 
@@ -47,6 +48,10 @@ def __getattr__(name: str):  # noqa: ANN202 - lazy public API keeps `import` fas
         from .build import build_index
 
         return build_index
+    if name == "update_index":
+        from .update import update_index
+
+        return update_index
     if name in ("load_index", "MatchIndex"):
         from . import match_index
 

@@ -188,6 +188,97 @@ def _check_index_type(index_type: str) -> None:
         raise ValueError(f"index_type must be one of {INDEX_TYPES} or a FAISS factory string")
 
 
+class CatalogWriter:
+    """Streams entities into an artifact folder: string tables, row map and ``vectors.npy``.
+
+    :meth:`add` normalizes an entity's name and aliases (duplicates dropped) and encodes them
+    in batches; :meth:`add_copied` writes an entity whose vector rows the caller appends with
+    :meth:`append_vectors` (updates reuse vectors that way). Rows keep the order entities
+    arrive in.
+    """
+
+    def __init__(
+        self,
+        tmp: Path,
+        encoder: Encoder,
+        lexical: LexicalSettings | None,
+        settings: NormalizerSettings,
+        batch_size: int,
+    ) -> None:
+        self.encoder, self.lexical, self.settings = encoder, lexical, settings
+        self.batch_size = batch_size
+        self.tmp = tmp
+        self.ids = StringTableWriter(tmp, "ids")
+        self.records = StringTableWriter(tmp, "entities", ext=".jsonl")
+        self.texts = StringTableWriter(tmp, "texts")
+        self.vectors = NpyRowWriter(
+            tmp / VECTORS_FILE, encoder.dim + (lexical.dim if lexical else 0)
+        )
+        self.row_entity = array("q")
+        self.max_per_entity = 0
+        self._batch: list[str] = []
+
+    def add(self, entity: Mapping[str, Any]) -> None:
+        """Add a validated entity, encoding its distinct normalized texts."""
+        row = len(self.ids)
+        seen: set[str] = set()
+        for text in (entity["name"], *entity["aliases"]):
+            norm = normalize_text(text[:MAX_TEXT_CHARS], self.settings)
+            if norm and norm not in seen:
+                seen.add(norm)
+                self.texts.add(text)
+                self.row_entity.append(row)
+                self._batch.append(norm)
+        if not seen:
+            raise CatalogError(
+                f"entity {row + 1} ({entity['id']!r}): name and aliases normalize to empty text"
+            )
+        self._add_record(entity["id"], json.dumps(entity, ensure_ascii=False) + "\n", len(seen))
+        if len(self._batch) >= self.batch_size:
+            self._flush()
+
+    def add_copied(self, entity_id: str, record: str, texts: list[str]) -> None:
+        """Add an entity from another artifact: its JSON line and its vector-row texts."""
+        self._flush()
+        row = len(self.ids)
+        for text in texts:
+            self.texts.add(text)
+            self.row_entity.append(row)
+        self._add_record(entity_id, record, len(texts))
+
+    def append_vectors(self, block: np.ndarray) -> None:
+        """Append ready-made vector rows, float32 (n, dim), for entities added by copy."""
+        self.vectors.append(block)
+
+    def close(self) -> dict[str, int]:
+        """Encode what is pending, close every file; returns the manifest's counts."""
+        self._flush()
+        for writer in (self.ids, self.records, self.texts, self.vectors):
+            writer.close()
+        np.save(
+            self.tmp / ROW_ENTITY_FILE,
+            np.frombuffer(self.row_entity, dtype=np.int64),
+            allow_pickle=False,
+        )
+        return {
+            "entities": len(self.ids),
+            "vectors": len(self.texts),
+            "max_vectors_per_entity": self.max_per_entity,
+        }
+
+    def _add_record(self, entity_id: str, record: str, rows: int) -> None:
+        self.max_per_entity = max(self.max_per_entity, rows)
+        self.ids.add(entity_id)
+        self.records.add(record)
+
+    def _flush(self) -> None:
+        if self._batch:
+            self.vectors.append(
+                featurize(self._batch, self.encoder, self.lexical, self.batch_size)
+            )
+            self._batch.clear()
+
+
 def _encode_catalog(
     entities: Iterable[Mapping[str, Any]] | str | Path,
     tmp: Path,
@@ -198,44 +289,16 @@ def _encode_catalog(
     show_progress: bool,
 ) -> dict[str, int]:
     """Stream entities into the string tables and encode their texts into ``vectors.npy``."""
-    ids = StringTableWriter(tmp, "ids")
-    records = StringTableWriter(tmp, "entities", ext=".jsonl")
-    texts = StringTableWriter(tmp, "texts")
-    vectors = NpyRowWriter(tmp / VECTORS_FILE, encoder.dim + (lexical.dim if lexical else 0))
-    row_entity = array("q")
-    batch: list[str] = []
-    max_per_entity = 0
+    writer = CatalogWriter(tmp, encoder, lexical, settings, batch_size)
     total = (
         len(entities) if hasattr(entities, "__len__") and not isinstance(entities, str) else None
     )
     bar = tqdm(total=total, desc="encoding catalog", unit=" entities", disable=not show_progress)
-    for row, entity in enumerate(read_catalog(entities)):
-        seen: set[str] = set()
-        for text in (entity["name"], *entity["aliases"]):
-            norm = normalize_text(text[:MAX_TEXT_CHARS], settings)
-            if norm and norm not in seen:
-                seen.add(norm)
-                texts.add(text)
-                row_entity.append(row)
-                batch.append(norm)
-        if not seen:
-            raise CatalogError(
-                f"entity {row + 1} ({entity['id']!r}): name and aliases normalize to empty text"
-            )
-        max_per_entity = max(max_per_entity, len(seen))
-        ids.add(entity["id"])
-        records.add(json.dumps(entity, ensure_ascii=False) + "\n")
-        if len(batch) >= batch_size:
-            vectors.append(featurize(batch, encoder, lexical, batch_size))
-            batch.clear()
+    for entity in read_catalog(entities):
+        writer.add(entity)
         bar.update(1)
-    if batch:
-        vectors.append(featurize(batch, encoder, lexical, batch_size))
     bar.close()
-    for writer in (ids, records, texts, vectors):
-        writer.close()
-    np.save(tmp / ROW_ENTITY_FILE, np.frombuffer(row_entity, dtype=np.int64), allow_pickle=False)
-    return {"entities": len(ids), "vectors": len(texts), "max_vectors_per_entity": max_per_entity}
+    return writer.close()
 
 
 def default_nlist(n: int) -> int:

@@ -59,6 +59,18 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--overwrite", action="store_true", help="replace an existing artifact")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
 
+    update = commands.add_parser(
+        "update", help="write a new artifact from an old one: add, replace or remove entities"
+    )
+    update.add_argument("artifact", help="the artifact to update (left unchanged)")
+    update.add_argument("--out", required=True, help="artifact directory to write")
+    update.add_argument("--add", help="catalog file of entities to add (an existing id replaces)")
+    update.add_argument("--remove", nargs="*", default=[], metavar="ID", help="ids to remove")
+    update.add_argument("--remove-file", help="file with one id to remove per line")
+    update.add_argument("--batch-size", type=int, default=1024)
+    update.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    update.add_argument("--quiet", action="store_true", help="no progress bars")
+
     query = commands.add_parser("query", help="match texts (arguments, or one per stdin line)")
     query.add_argument("artifact")
     query.add_argument("texts", nargs="*")
@@ -91,6 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         handler = {
             "build": _build,
             "train": _train,
+            "update": _update,
             "query": _query,
             "info": _info,
             "verify": _verify,
@@ -121,6 +134,32 @@ def _build(args: argparse.Namespace) -> int:
         show_progress=not args.quiet,
     )
     print(index)
+    return 0
+
+
+def _update(args: argparse.Namespace) -> int:
+    from .update import update_index
+
+    remove = list(args.remove)
+    if args.remove_file:
+        with open(args.remove_file, encoding="utf-8") as handle:
+            remove += [line.strip() for line in handle if line.strip()]
+    index = update_index(
+        args.artifact,
+        args.out,
+        add=args.add,
+        remove=remove,
+        overwrite=args.overwrite,
+        batch_size=args.batch_size,
+        show_progress=not args.quiet,
+    )
+    lineage = index.manifest["lineage"]
+    print(index)
+    print(
+        f"added {lineage['added_entities']}, replaced {lineage['replaced_entities']}, removed "
+        f"{lineage['removed_entities']}; reused {lineage['reused_vectors']} vectors, encoded "
+        f"{lineage['encoded_vectors']}"
+    )
     return 0
 
 
