@@ -69,6 +69,7 @@ class Config:
     sizes: tuple[int, ...] = DEFAULT_SIZES
     mode: str = "full"
     rebuild: bool = False
+    reuse_builds: bool = False
     threads: int = field(default_factory=lambda: len(os.sched_getaffinity(0)))
     repeats: int = 3
     open_runs: int = 5
@@ -158,12 +159,15 @@ def artifact_dir(size: int, kind: str, seed: int) -> Path:
 
 
 def ensure_artifact(
-    catalog: Path, stamp: dict[str, str], path: Path, kind: str, encoder: Any, rebuild: bool
+    catalog: Path, stamp: dict[str, str], path: Path, kind: str, encoder: Any, rebuild: bool,
+    reuse: bool = False,
 ) -> dict[str, Any]:
     """Build the artifact unless one exists with the same ``stamp``; return its figures.
 
     ``stamp`` (catalog and library source hashes) is stored in the manifest under
-    ``"benchmark"``, so a changed catalog or library means a rebuild.
+    ``"benchmark"``, so a changed catalog or library means a rebuild; with ``reuse`` an
+    artifact of the same catalog built by other library sources is kept (the figures
+    record which sources built it).
     """
     from novelentitymatcher_faiss import build_index
     from novelentitymatcher_faiss.artifact import read_manifest
@@ -174,7 +178,9 @@ def ensure_artifact(
             manifest = read_manifest(path)
         except Exception:  # an unreadable leftover is simply rebuilt
             manifest = None
-        if manifest and manifest.get("benchmark") != stamp:
+        built_by = (manifest or {}).get("benchmark") or {}
+        same_catalog = built_by.get("catalog_sha256") == stamp["catalog_sha256"]
+        if manifest and built_by != stamp and not (reuse and same_catalog):
             manifest = None
     reused = manifest is not None
     if manifest is None:
@@ -208,6 +214,7 @@ def ensure_artifact(
         "tuned_recall": tuning[-1] if tuning else None,
         "build_s": manifest["build_seconds"],
         "reused": reused,
+        "built_by_library_sha256": (manifest.get("benchmark") or {}).get("library_sha256", "")[:16],
         "artifact_bytes": total,
         "index_bytes": index_bytes,
         "entities": manifest["counts"]["entities"],
@@ -567,7 +574,8 @@ def bench_size(size: int, encoder: Any, library_sha: str, cfg: Config) -> dict[s
         if kind == "auto" and len(rows) > cfg.auto_build_max_entities:
             build = derived_auto(result["builds"])
         else:
-            build = ensure_artifact(catalog, stamp, path, kind, encoder, cfg.rebuild)
+            build = ensure_artifact(catalog, stamp, path, kind, encoder, cfg.rebuild,
+                                    cfg.reuse_builds)  # fmt: skip
         result["builds"][kind] = build
         print(
             f"  build {kind:<4} -> {build['type']:<4} {build['build_s']:8.2f} s "
@@ -862,6 +870,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sizes", type=make_catalog.parse_size, nargs="+",
                         help="catalog sizes, e.g. 1k 100k 1M")  # fmt: skip
     parser.add_argument("--rebuild", action="store_true", help="rebuild existing artifacts")
+    parser.add_argument("--reuse-builds", action="store_true",
+                        help="keep artifacts of the same catalog built by other library sources")
     parser.add_argument("--threads", type=int, default=Config().threads)
     parser.add_argument("--repeats", type=int, default=Config.repeats)
     parser.add_argument("--seed", type=int, default=make_catalog.DEFAULT_SEED)
@@ -879,6 +889,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         sizes=sizes,
         mode="quick" if args.quick else ("full" if not args.sizes else "custom"),
         rebuild=args.rebuild,
+        reuse_builds=args.reuse_builds,
         threads=args.threads,
         repeats=args.repeats,
         seed=args.seed,

@@ -1,8 +1,9 @@
 """Benchmark entry point: ``make bench`` (full) and ``make bench-quick`` (``--quick``).
 
 Runs the artifact benchmark and writes ``benchmarks/results/artifact.{json,md}`` (full) or
-``benchmarks/results/artifact-quick.{json,md}`` (quick). Every other flag goes through to
-``artifact_bench.py`` (``--rebuild``, ``--sizes``, ``--threads``, ...).
+``benchmarks/results/artifact-quick.{json,md}`` (quick); a full run also redraws the PNG
+plots in ``docs/img/`` (``plots.py``). Every other flag goes through to
+``artifact_bench.py`` (``--rebuild``, ``--reuse-builds``, ``--sizes``, ``--threads``, ...).
 """
 
 from __future__ import annotations
@@ -13,11 +14,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import artifact_bench  # noqa: E402
+import plots  # noqa: E402
+from common import RESULTS_DIR  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run every benchmark with the given flags."""
-    return artifact_bench.main(argv)
+    """Run the benchmark with the given flags; after a full run, draw the plots."""
+    args = sys.argv[1:] if argv is None else argv
+    status = artifact_bench.main(args)
+    if status == 0 and not any(a.startswith(("--quick", "--sizes")) for a in args):
+        plots.main([str(RESULTS_DIR / "artifact.json")])
+    return status
 
 
 if __name__ == "__main__":

@@ -192,9 +192,9 @@ class CatalogWriter:
     """Streams entities into an artifact folder: string tables, row map and ``vectors.npy``.
 
     :meth:`add` normalizes an entity's name and aliases (duplicates dropped) and encodes them
-    in batches; :meth:`add_copied` writes an entity whose vector rows the caller appends with
-    :meth:`append_vectors` (updates reuse vectors that way). Rows keep the order entities
-    arrive in.
+    in batches; :meth:`add_copied` copies entities from another artifact, whose vector rows
+    the caller appends with :meth:`append_vectors` (updates reuse vectors that way). Rows
+    keep the order entities arrive in.
     """
 
     def __init__(
@@ -237,14 +237,21 @@ class CatalogWriter:
         if len(self._batch) >= self.batch_size:
             self._flush()
 
-    def add_copied(self, entity_id: str, record: str, texts: list[str]) -> None:
-        """Add an entity from another artifact: its JSON line and its vector-row texts."""
+    def add_copied(self, source: Path, keep: np.ndarray, rows_per_entity: np.ndarray) -> None:
+        """Add, in bulk, the entities of artifact folder ``source`` where ``keep`` is set.
+
+        ``keep`` bool (n_entities,); ``rows_per_entity`` int64 (n_entities,) their vector
+        row counts. Their vector rows are the caller's to append (:meth:`append_vectors`).
+        """
         self._flush()
-        row = len(self.ids)
-        for text in texts:
-            self.texts.add(text)
-            self.row_entity.append(row)
-        self._add_record(entity_id, record, len(texts))
+        self.ids.add_rows(StringTable(source, "ids"), keep)
+        self.records.add_rows(StringTable(source, "entities", ext=".jsonl"), keep)
+        self.texts.add_rows(StringTable(source, "texts"), np.repeat(keep, rows_per_entity))
+        counts = rows_per_entity[keep]
+        first = len(self.ids) - len(counts)
+        self.row_entity.extend(np.repeat(np.arange(first, first + len(counts)), counts).tolist())
+        if len(counts):
+            self.max_per_entity = max(self.max_per_entity, int(counts.max()))
 
     def append_vectors(self, block: np.ndarray) -> None:
         """Append ready-made vector rows, float32 (n, dim), for entities added by copy."""

@@ -30,6 +30,14 @@ class StringTableWriter:
         self._handle.write(data)
         self._offsets.append(self._offsets[-1] + len(data))
 
+    def add_rows(self, table: StringTable, keep: np.ndarray) -> None:
+        """Append the rows of ``table`` where ``keep`` (bool, one per row) is set, in bulk."""
+        lengths = np.diff(table.offsets)
+        data = np.frombuffer(table.blob, dtype=np.uint8) if len(table.blob) else np.zeros(0)
+        self._handle.write(data[np.repeat(keep, lengths)].tobytes())
+        ends = self._offsets[-1] + np.cumsum(lengths[keep])
+        self._offsets.extend(ends.tolist())
+
     def __len__(self) -> int:
         return len(self._offsets) - 1
 

@@ -36,6 +36,7 @@ from .artifact import (
 )
 from .build import CatalogWriter, _open_fresh
 from .catalog import read_catalog
+from .encoders import Encoder
 from .errors import ArtifactError, ArtifactExistsError, CatalogError
 from .match_index import MatchIndex, load_index
 from .search import iter_chunks
@@ -52,6 +53,7 @@ def update_index(
     overwrite: bool = False,
     batch_size: int = 1024,
     show_progress: bool = True,
+    encoder: Encoder | None = None,
 ) -> MatchIndex:
     """Write to ``out`` the artifact at ``path`` with entities ``remove``d and ``add``ed.
 
@@ -59,10 +61,10 @@ def update_index(
     a CSV/JSONL/JSON path); an added id that already exists replaces that entity. ``remove``
     lists ids that must exist. ``out`` must differ from ``path``; it is written atomically
     and replaces an existing artifact only with ``overwrite=True``. Returns the new artifact,
-    opened.
+    opened. ``encoder`` reuses an already loaded encoder (its fingerprint must match).
     """
     started = time.perf_counter()
-    old = load_index(path)
+    old = load_index(path, encoder=encoder)
     source, target = Path(path).resolve(), Path(out).resolve()
     if source == target:
         raise ArtifactExistsError(
@@ -76,7 +78,7 @@ def update_index(
     encoder = old.encoder  # loaded and fingerprint-checked before anything is written
     with atomic_directory(target, overwrite=overwrite) as tmp:
         writer = CatalogWriter(tmp, encoder, old.lexical, old.normalizer, batch_size)
-        kept_rows = _copy_kept(old, dropped, writer, show_progress)
+        kept_rows = _copy_kept(old, dropped, writer)
         for entity in tqdm(added, desc="encoding added entities", unit=" entities",
                            disable=not show_progress or not added):  # fmt: skip
             writer.add(entity)
@@ -145,23 +147,17 @@ def _index_kind(old: MatchIndex) -> str:
     )
 
 
-def _copy_kept(
-    old: MatchIndex, dropped: np.ndarray, writer: CatalogWriter, show_progress: bool
-) -> np.ndarray:
+def _copy_kept(old: MatchIndex, dropped: np.ndarray, writer: CatalogWriter) -> np.ndarray:
     """Copy kept entities (and, where stored, their vector rows) into ``writer``.
 
     Returns bool (old n_vectors,): the old vector rows that are kept.
     """
     row_entity = np.asarray(old.row_entity)
+    if np.any(np.diff(row_entity) < 0):
+        raise ArtifactError(f"cannot update {old.path}: its vector rows are not in entity order")
     kept_rows = ~dropped[row_entity]
-    starts = np.searchsorted(row_entity, np.arange(old.n_entities + 1))
-    bar = tqdm(total=old.n_entities, desc="copying kept entities", unit=" entities",
-               disable=not show_progress)  # fmt: skip
-    for row in np.flatnonzero(~dropped).tolist():
-        texts = [old.texts[i] for i in range(starts[row], starts[row + 1])]
-        writer.add_copied(old.ids[row], old.records[row], texts)
-        bar.update(1)
-    bar.close()
+    per_entity = np.bincount(row_entity, minlength=old.n_entities)
+    writer.add_copied(old.path, ~dropped, per_entity)
     if old.vectors is not None:
         for start, block in iter_chunks(old.vectors, _CHUNK):
             writer.append_vectors(block[kept_rows[start : start + len(block)]])

@@ -1,0 +1,162 @@
+"""Updating 1% of a catalog against rebuilding it, in one process, on real-name catalogs.
+
+For each size and index kind: the base artifact holds the first N entities of the
+``make_catalog.py`` catalog (the artifact benchmark's, reused when present); the change
+removes every 200th entity and adds the next N/200 entities of the same generator (new
+real names), 1% of the catalog in all. Measured: ``update_index`` (median of repeats)
+against ``build_index`` of the final catalog from scratch (what a user would otherwise
+run, nprobe tuning included), and how often both answer typo queries with the same top-1
+(ties counted as agreement).
+
+    python benchmarks/update_bench.py [--sizes 100k 1M] [--kinds flat ivf] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from common import (
+    DATA_DIR,
+    faiss_threads,
+    library_versions,
+    machine_info,
+    markdown_table,
+    pin_threads,
+    print_environment,
+    write_results,
+)
+
+THREADS = pin_threads(2)
+
+import artifact_bench  # noqa: E402
+import make_catalog  # noqa: E402
+
+from novelentitymatcher_faiss import build_index, load_encoder, update_index  # noqa: E402
+
+MODEL = artifact_bench.MODEL
+#: One entity in this many is removed, and as many new ones added: 1% changed in all.
+EVERY = 200
+
+
+def change_for(size: int) -> dict[str, Any]:
+    """The base catalog path, the entities to add and the ids to remove for ``size``."""
+    catalog = artifact_bench.catalog_path(size, make_catalog.DEFAULT_SEED)
+    rows = list(make_catalog.generate(size + size // EVERY, make_catalog.DEFAULT_SEED))
+    base, extra = rows[:size], rows[size:]
+    remove = [entity_id for entity_id, _, _ in base[::EVERY]]
+    gone = set(remove)
+    to_dict = [{"id": i, "name": n, "aliases": a} for i, n, a in extra]
+    final = [{"id": i, "name": n, "aliases": a} for i, n, a in base if i not in gone] + to_dict
+    return {"catalog": catalog, "add": to_dict, "remove": remove, "final": final, "rows": rows}
+
+
+def agreement(a: Any, b: Any, queries: list[str]) -> float:
+    """Share of queries whose top-1 hits agree (same entity, or the same score: a tie)."""
+    pairs = zip(a.match(queries), b.match(queries), strict=True)
+    return statistics.fmean(
+        float(x is not None and y is not None and (x["id"] == y["id"] or abs(x["score"]
+              - y["score"]) < 1e-5)) for x, y in pairs)  # fmt: skip
+
+
+def bench(size: int, kind: str, encoder: Any, repeats: int, work: Path) -> dict[str, Any]:
+    """Update against rebuild for one (size, kind)."""
+    change = change_for(size)
+    stamp = {"catalog_sha256": artifact_bench.sha256_file(change["catalog"]),
+             "library_sha256": artifact_bench.library_source_hash()}  # fmt: skip
+    base_path = artifact_bench.artifact_dir(size, kind, make_catalog.DEFAULT_SEED)
+    base = artifact_bench.ensure_artifact(change["catalog"], stamp, base_path, kind, encoder,
+                                          rebuild=False, reuse=True)  # fmt: skip
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        updated = update_index(base_path, work / "updated", add=change["add"],
+                               remove=change["remove"], overwrite=True, encoder=encoder,
+                               show_progress=False)  # fmt: skip
+        times.append(time.perf_counter() - started)
+    started = time.perf_counter()
+    rebuilt = build_index(change["final"], work / "rebuilt", index_type=kind, encoder=encoder,
+                          overwrite=True, show_progress=False)  # fmt: skip
+    rebuild_s = time.perf_counter() - started
+    queries, _ = artifact_bench.typo_queries(
+        [(e["id"], e["name"], e["aliases"]) for e in change["final"]], 2000, 11
+    )
+    lineage = updated.manifest["lineage"]
+    out = {
+        "entities": size,
+        "kind": kind,
+        "base_vectors": base["vectors"],
+        "added": lineage["added_entities"],
+        "removed": lineage["removed_entities"],
+        "reused_vectors": lineage["reused_vectors"],
+        "encoded_vectors": lineage["encoded_vectors"],
+        "update_s": statistics.median(times),
+        "update_s_runs": [round(t, 3) for t in times],
+        "rebuild_s": rebuild_s,
+        "speedup": rebuild_s / statistics.median(times),
+        "top1_agreement_with_rebuild": agreement(updated, rebuilt, queries),
+        "nprobe_updated": updated.nprobe,
+        "nprobe_rebuilt": rebuilt.nprobe,
+    }
+    del updated, rebuilt
+    for name in ("updated", "rebuilt"):
+        shutil.rmtree(work / name, ignore_errors=True)
+    print(f"  {size:>9,} {kind:<5} update {out['update_s']:7.2f} s, rebuild {rebuild_s:8.2f} s "
+          f"-> {out['speedup']:.1f}x; top-1 agreement {out['top1_agreement_with_rebuild']:.4f}",
+          flush=True)  # fmt: skip
+    return out
+
+
+def to_markdown(doc: dict[str, Any]) -> str:
+    env = doc["environment"]
+    rows = [[f"{r['entities']:,}", r["kind"], f"+{r['added']:,} / -{r['removed']:,}",
+             f"{r['reused_vectors']:,} / {r['encoded_vectors']:,}", f"{r['update_s']:.2f}",
+             f"{r['rebuild_s']:.1f}", f"{r['speedup']:.1f}x",
+             f"{r['top1_agreement_with_rebuild']:.4f}", f"{r['nprobe_updated']} / "
+             f"{r['nprobe_rebuilt']}"] for r in doc["results"]]  # fmt: skip
+    return "\n".join([
+        "# Catalog update against rebuild\n",
+        f"{doc['started_at']}; machine: {env['machine']['cpu_model']}, "
+        f"{env['machine']['usable_cores']} cores; versions: "
+        + ", ".join(f"{k} {v}" for k, v in env["versions"].items()) + ".\n",
+        "1% of the catalog changes (every 200th entity removed, as many new real names "
+        "added). Update = `update_index`, median of runs; rebuild = `build_index` of the "
+        "final catalog from scratch (one run), same process, model already loaded.\n",
+        markdown_table(["entities", "index", "change", "vectors reused / encoded",
+                        "update s", "rebuild s", "speed-up", "top-1 agreement",
+                        "nprobe updated / rebuilt"], rows),
+    ])  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=make_catalog.parse_size, nargs="+",
+                        default=[100_000, 1_000_000])  # fmt: skip
+    parser.add_argument("--kinds", nargs="+", default=["flat", "ivf"])
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+    info = {"machine": machine_info(), "versions": library_versions(),
+            "threads": {**THREADS, "faiss_omp": str(faiss_threads(2))}}  # fmt: skip
+    print_environment(info)
+    encoder = load_encoder(MODEL, show_progress=False)
+    doc = {"benchmark": "update", "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+           time.gmtime()), "environment": info, "results": []}  # fmt: skip
+    DATA_DIR.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=DATA_DIR, prefix="update-bench-") as tmp:
+        for size in args.sizes:
+            for kind in args.kinds:
+                doc["results"].append(bench(size, kind, encoder, args.repeats, Path(tmp)))
+                write_results("update", doc, to_markdown(doc))
+    json_path, md_path = write_results("update", doc, to_markdown(doc))
+    print(f"wrote {json_path.name} and {md_path.name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
