@@ -39,6 +39,8 @@ __all__ = [
     "load_encoder",
     "load_index",
     "register_model",
+    "load_shards",
+    "ShardedIndex",
     "update_index",
 ]
 
@@ -48,6 +50,10 @@ def __getattr__(name: str):  # noqa: ANN202 - lazy public API keeps `import` fas
         from .build import build_index
 
         return build_index
+    if name in ("load_shards", "ShardedIndex"):
+        from . import shards
+
+        return getattr(shards, name)
     if name == "update_index":
         from .update import update_index
 

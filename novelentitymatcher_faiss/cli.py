@@ -78,6 +78,8 @@ def _parser() -> argparse.ArgumentParser:
     query.add_argument("--threshold", type=float, default=None)
     query.add_argument("--nprobe", type=int, default=None)
     query.add_argument("--json", action="store_true", help="one JSON line per query")
+    query.add_argument("--shard", action="append", default=[], metavar="DIR",
+                       help="another artifact searched together with the first (repeatable)")
 
     info = commands.add_parser("info", help="print an artifact's manifest summary")
     info.add_argument("artifact")
@@ -203,8 +205,9 @@ def _print_hits(text: str, hits: list[dict[str, Any]], as_json: bool) -> None:
 
 def _query(args: argparse.Namespace) -> int:
     from .match_index import load_index
+    from .shards import load_shards
 
-    index = load_index(args.artifact)
+    index = load_shards([args.artifact, *args.shard]) if args.shard else load_index(args.artifact)
     kwargs = {"top_k": args.top_k, "threshold": args.threshold, "nprobe": args.nprobe}
     if args.texts:
         batches = [args.texts]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -233,6 +233,19 @@ class MatchIndex:
         ``explain=True`` adds ``"dense"`` and ``"lexical"`` cosines and the ``"weight"`` of
         the lexical part to each hit; ``score == (1 - weight) * dense + weight * lexical``.
         """
+        return self._match(texts, top_k, threshold, nprobe, batch_size, explain, self._search)
+
+    def _match(
+        self,
+        texts: str | Sequence[str],
+        top_k: int,
+        threshold: float | None,
+        nprobe: int | None,
+        batch_size: int,
+        explain: bool,
+        search_fn: Callable[[np.ndarray, int, float | None, int | None], list[list[Result]]],
+    ) -> Result | list[Result] | None | list[Result | None] | list[list[Result]]:
+        """:meth:`match` with the search step given: normalize, encode, ``search_fn``, shape."""
         single = isinstance(texts, str)
         queries = [texts] if single else _as_query_list(texts)
         top_k = _check_top_k(top_k)
@@ -245,7 +258,7 @@ class MatchIndex:
             if keep:
                 texts_in = [norm[i] for i in keep]
                 vectors = featurize(texts_in, self.encoder, self.lexical, batch_size)
-                found = self._search(vectors, top_k, threshold, nprobe)
+                found = search_fn(vectors, top_k, threshold, nprobe)
                 if explain:
                     self._explain(texts_in, found)
                 for i, hits in zip(keep, found, strict=True):

@@ -1,0 +1,120 @@
+"""Several artifacts opened as one index: each query is encoded once, every shard searched,
+and the per-shard top-k merged.
+
+Shards must agree on everything that shapes a query vector (model fingerprint and
+dimension, normalizer, lexical settings, index dimension); each keeps its own index type,
+nlist and nprobe, and can be rebuilt or updated on its own. Entity ids should be unique
+across shards; if one appears in several, its best hit is kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import ArtifactIncompatibleError, QueryError
+from .match_index import MatchIndex, Result, _check_top_k, load_index
+
+#: Manifest fields every shard must share (they decide how a query is encoded).
+SHARED_FIELDS = (
+    ("model", "fingerprint"),
+    ("model", "dim"),
+    ("normalizer",),
+    ("lexical",),
+    ("index_dim",),
+    ("metric",),
+    ("max_text_chars",),
+)
+
+
+def load_shards(paths: Sequence[str | Path], *, verify: str = "fast") -> ShardedIndex:
+    """Open every artifact in ``paths`` (see :func:`load_index`) as one :class:`ShardedIndex`."""
+    if isinstance(paths, str | Path) or not paths:
+        raise QueryError("load_shards takes a non-empty list of artifact folders")
+    return ShardedIndex([load_index(path, verify=verify) for path in paths])
+
+
+def _field(manifest: dict[str, Any], keys: tuple[str, ...]) -> Any:
+    value: Any = manifest
+    for key in keys:
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
+
+
+class ShardedIndex:
+    """Opened artifacts searched together; ``match`` has :meth:`MatchIndex.match`'s shape."""
+
+    def __init__(self, shards: list[MatchIndex]) -> None:
+        first = shards[0]
+        for shard in shards[1:]:
+            for keys in SHARED_FIELDS:
+                mine, theirs = _field(first.manifest, keys), _field(shard.manifest, keys)
+                if mine != theirs:
+                    raise ArtifactIncompatibleError(
+                        f"{shard.path}: {'.'.join(keys)} is {theirs!r}, but {first.path} has "
+                        f"{mine!r}; shards must be built with the same model and settings"
+                    )
+        self.shards = shards
+        self.dim = first.dim
+
+    def __len__(self) -> int:
+        return sum(len(shard) for shard in self.shards)
+
+    def get(self, entity_id: str) -> dict[str, Any] | None:
+        """The entity record from the first shard that holds ``entity_id``, or None."""
+        for shard in self.shards:
+            found = shard.get(entity_id)
+            if found is not None:
+                return found
+        return None
+
+    def match(
+        self,
+        texts: str | Sequence[str],
+        top_k: int = 1,
+        threshold: float | None = None,
+        nprobe: int | None = None,
+        batch_size: int = 4096,
+        explain: bool = False,
+    ) -> Result | list[Result] | None | list[Result | None] | list[list[Result]]:
+        """As :meth:`MatchIndex.match`, over every shard (``nprobe`` applies to each)."""
+        return self.shards[0]._match(
+            texts, top_k, threshold, nprobe, batch_size, explain, self._search
+        )
+
+    def search_vectors(
+        self,
+        queries: np.ndarray,
+        top_k: int = 1,
+        threshold: float | None = None,
+        nprobe: int | None = None,
+    ) -> list[list[Result]]:
+        """As :meth:`MatchIndex.search_vectors`, over every shard."""
+        per_shard = [shard.search_vectors(queries, top_k, threshold, nprobe)
+                     for shard in self.shards]  # fmt: skip
+        return _merge(per_shard, _check_top_k(top_k))
+
+    def _search(
+        self, vectors: np.ndarray, top_k: int, threshold: float | None, nprobe: int | None
+    ) -> list[list[Result]]:
+        per_shard = [shard._search(vectors, top_k, threshold, nprobe) for shard in self.shards]
+        return _merge(per_shard, top_k)
+
+    def __repr__(self) -> str:
+        return f"ShardedIndex({len(self.shards)} shards, entities={len(self)})"
+
+
+def _merge(per_shard: list[list[list[Result]]], top_k: int) -> list[list[Result]]:
+    """Per query: every shard's hits, best first, one per entity id, at most ``top_k``."""
+    merged = []
+    for hits in zip(*per_shard, strict=True):
+        best: dict[str, Result] = {}
+        for hit in sorted((h for shard in hits for h in shard), key=lambda h: -h["score"]):
+            best.setdefault(hit["id"], hit)
+            if len(best) == top_k:
+                break
+        merged.append(list(best.values()))
+    return merged
