@@ -74,6 +74,7 @@ def build_index(
     seed: int = 0,
     encoder: Encoder | None = None,
     extra_manifest: Mapping[str, Any] | None = None,
+    trained: Any = None,
 ):  # noqa: ANN201 - returns MatchIndex (imported lazily to avoid a cycle)
     """Encode ``entities`` and write a memory-mappable FAISS artifact to ``path``.
 
@@ -83,7 +84,9 @@ def build_index(
     indexes ``nprobe`` defaults to the smallest value whose recall@10 against exact search
     (FAISS's R@10: the exact nearest neighbour is among the 10 returned), on typo'd samples
     of the catalog's own texts, reaches ``target_recall``, and whose recall@1 (the top hit is
-    the exact one) reaches ``TOP1_TARGET``.
+    the exact one) reaches ``TOP1_TARGET``. ``trained``: an empty, trained FAISS index of
+    the same factory to fill instead of training one (shards of a distributed build share
+    their coarse quantizer that way).
     Returns the opened :class:`~novelentitymatcher_faiss.match_index.MatchIndex`.
     """
 
@@ -106,7 +109,7 @@ def build_index(
         vectors = load_array(tmp / VECTORS_FILE, np.float32, ndim=2)
         kind, factory, n_list = _choose_index(index_type, len(vectors), vectors.shape[1], nlist)
         rerank = (4 if kind == "ivf-pq" else 0) if rerank is None else rerank
-        index = _train_and_add(factory, vectors, seed, show_progress)
+        index = _train_and_add(factory, vectors, seed, show_progress, trained)
         tuning: list[dict[str, float]] = []
         if n_list:
             queries = _typo_queries(tmp, encoder, lexical, settings, seed)
@@ -346,22 +349,52 @@ def _choose_index(index_type: str, n: int, d: int, nlist: int | None) -> tuple[s
     return "factory", kind, n_list
 
 
-def _train_and_add(factory: str, vectors: np.ndarray, seed: int, show_progress: bool):  # noqa: ANN202
-    """Create the FAISS index, train it on a sample if needed, add vectors in chunks."""
+def training_sample_size(factory: str, d: int) -> int:
+    """How many vectors :func:`new_trained_index` trains ``factory`` on: 64 per IVF list
+    (at least 9,984), or 9,984 for other trained indexes."""
+    import faiss
+
+    index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
+    try:
+        n_list = faiss.extract_index_ivf(index).nlist
+    except RuntimeError:
+        n_list = 0
+    return max(256 * 39, 64 * n_list)
+
+
+def new_trained_index(factory: str, vectors: np.ndarray, seed: int, show_progress: bool):  # noqa: ANN201
+    """An empty FAISS index for ``factory``, trained on a seeded sample of ``vectors``
+    (float32 (n, d), may be a memmap) when it needs training."""
     import faiss
 
     n, d = vectors.shape
     index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
     if not index.is_trained:
-        try:
-            n_list = faiss.extract_index_ivf(index).nlist
-        except RuntimeError:
-            n_list = 256
-        size = min(n, max(256 * 39, 64 * n_list))
+        size = min(n, training_sample_size(factory, d))
         rows = np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
         if show_progress:
             tqdm.write(f"training {factory} on {size} vectors")
         index.train(np.ascontiguousarray(vectors[rows], dtype=np.float32))
+    return index
+
+
+def _train_and_add(  # noqa: ANN202 - a faiss.Index
+    factory: str, vectors: np.ndarray, seed: int, show_progress: bool, trained: Any = None
+):
+    """A trained index (a copy of ``trained``, else :func:`new_trained_index`) holding
+    ``vectors``, added in chunks."""
+    import faiss
+
+    n, d = vectors.shape
+    if trained is None:
+        index = new_trained_index(factory, vectors, seed, show_progress)
+    elif trained.d != d or not trained.is_trained or trained.ntotal:
+        raise ValueError(
+            f"trained must be an empty, trained index of dimension {d}; got "
+            f"d={trained.d}, trained={trained.is_trained}, ntotal={trained.ntotal}"
+        )
+    else:
+        index = faiss.clone_index(trained)
     with tqdm(total=n, desc="adding vectors", unit=" vectors", disable=not show_progress) as bar:
         for _, block in iter_chunks(vectors, _ADD_CHUNK):
             index.add(block)

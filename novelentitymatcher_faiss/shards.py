@@ -9,15 +9,20 @@ across shards; if one appears in several, its best hit is kept.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .errors import ArtifactIncompatibleError, QueryError
+from .errors import ArtifactCorruptError, ArtifactIncompatibleError, QueryError
 from .match_index import MatchIndex, Result, _check_top_k, load_index
 
+#: A shard set folder (written by a distributed build) lists its shards in this file.
+SET_FILE = "shards.json"
+SET_FORMAT = "nem-faiss-shards"
+SET_FORMAT_VERSION = 1
 #: Manifest fields every shard must share (they decide how a query is encoded).
 SHARED_FIELDS = (
     ("model", "fingerprint"),
@@ -30,11 +35,39 @@ SHARED_FIELDS = (
 )
 
 
-def load_shards(paths: Sequence[str | Path], *, verify: str = "fast") -> ShardedIndex:
-    """Open every artifact in ``paths`` (see :func:`load_index`) as one :class:`ShardedIndex`."""
-    if isinstance(paths, str | Path) or not paths:
-        raise QueryError("load_shards takes a non-empty list of artifact folders")
+def load_shards(
+    paths: str | Path | Sequence[str | Path], *, verify: str = "fast"
+) -> ShardedIndex:
+    """Open artifacts as one :class:`ShardedIndex`: a list of artifact folders, or a shard
+    set folder holding ``shards.json`` (see :func:`load_index` for ``verify``)."""
+    if isinstance(paths, str | Path):
+        paths = _set_members(Path(paths))
+    if not paths:
+        raise QueryError("load_shards takes a non-empty list of artifact folders or a shard set")
     return ShardedIndex([load_index(path, verify=verify) for path in paths])
+
+
+def _set_members(folder: Path) -> list[Path]:
+    """The shard folders listed by ``folder/shards.json``, checked."""
+    listing = folder / SET_FILE
+    if not listing.is_file():
+        raise QueryError(
+            f"{folder}: not a shard set (no {SET_FILE}); pass a list of artifact folders"
+        )
+    try:
+        info = json.loads(listing.read_text(encoding="utf-8"))
+        kind, version, names = info["format"], info["format_version"], info["shards"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ArtifactCorruptError(f"{listing}: unreadable shard list ({exc!r})") from None
+    if kind != SET_FORMAT or not isinstance(version, int) or version > SET_FORMAT_VERSION:
+        raise ArtifactIncompatibleError(
+            f"{listing}: format {kind!r} version {version!r}; this library reads "
+            f"{SET_FORMAT!r} up to version {SET_FORMAT_VERSION}"
+        )
+    bad = [n for n in names if not isinstance(n, str) or Path(n).name != n or n in ("", ".", "..")]
+    if bad or not names:
+        raise ArtifactCorruptError(f"{listing}: shard names must be plain folder names: {bad}")
+    return [folder / name for name in names]
 
 
 def _field(manifest: dict[str, Any], keys: tuple[str, ...]) -> Any:
