@@ -66,15 +66,35 @@ def search(
     return scores, rows
 
 
+def scores_of_rows(queries: np.ndarray, rows: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+    """Exact inner products float32 (nq, c) of each query with its candidate ``rows`` (nq, c)
+    of ``vectors``; -inf where a row is -1.
+
+    ``vectors`` float32 (n, d) C-contiguous, typically the memory-mapped ``vectors.npy``:
+    FAISS reads the candidate rows in place, nothing is gathered into a copy.
+    """
+    import faiss
+
+    valid = rows >= 0
+    ids = np.ascontiguousarray(np.where(valid, rows, 0), dtype=np.int64)
+    base = np.asarray(vectors)
+    if base.dtype != np.float32 or not base.flags.c_contiguous:
+        raise ValueError("vectors must be a C-contiguous float32 array")
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    exact = np.empty(rows.shape, dtype=np.float32)
+    faiss.fvec_inner_products_by_idx(
+        faiss.swig_ptr(exact), faiss.swig_ptr(queries), faiss.swig_ptr(base),
+        faiss.swig_ptr(ids), queries.shape[1], len(queries), rows.shape[1],
+    )  # fmt: skip
+    exact[~valid] = -np.inf
+    return exact
+
+
 def rerank_exact(
     queries: np.ndarray, rows: np.ndarray, vectors: np.ndarray, k: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Re-score candidate ``rows`` (nq, c) exactly with ``vectors``; keep the best ``k``."""
-    valid = rows >= 0
-    unique, inverse = np.unique(np.where(valid, rows, 0), return_inverse=True)
-    gathered = np.asarray(vectors[unique], dtype=np.float32)  # sorted reads from the memmap
-    exact = np.einsum("qd,qcd->qc", queries, gathered[inverse.reshape(rows.shape)])
-    exact = np.where(valid, exact, -np.inf).astype(np.float32)
+    exact = scores_of_rows(queries, rows, vectors)
     order = np.argsort(-exact, axis=1, kind="stable")[:, :k]
     scores = np.take_along_axis(exact, order, 1)
     best = np.take_along_axis(rows, order, 1)
@@ -143,10 +163,7 @@ def recall_at_k(
     A found row counts when its exact score reaches the k-th true score (1e-5 slack), so
     duplicate vectors (the same alias under several entities) cannot lower the recall.
     """
-    valid = found >= 0
-    unique, inverse = np.unique(np.where(valid, found, 0), return_inverse=True)
-    gathered = np.asarray(vectors[unique], dtype=np.float32)[inverse.reshape(found.shape)]
-    exact = np.einsum("qd,qkd->qk", queries, gathered)
+    exact = scores_of_rows(queries, found, vectors)
     kth = truth_scores[:, -1:]
-    hits = (valid & (exact >= kth - 1e-5)).sum(axis=1)
+    hits = (exact >= kth - 1e-5).sum(axis=1)
     return float(np.mean(np.minimum(hits, truth_scores.shape[1]) / truth_scores.shape[1]))
