@@ -35,6 +35,7 @@ from .artifact import (
     open_faiss_index,
     write_manifest,
 )
+from .budget import BUDGET_KINDS, index_bytes, parse_bytes, pick_kind
 from .catalog import MAX_TEXT_CHARS, read_catalog
 from .encoders import Encoder, load_encoder
 from .errors import ArtifactError, CatalogError
@@ -46,6 +47,9 @@ from .strings import StringTable, StringTableWriter
 
 #: ``index_type="auto"`` builds an exact flat index below this many vectors, IVF above.
 AUTO_FLAT_MAX_VECTORS = 100_000
+#: From this many IVF lists on, the coarse quantizer is an HNSW graph over the centroids:
+#: assigning each of millions of vectors then costs a graph walk, not nlist inner products.
+HNSW_QUANTIZER_MIN_NLIST = 8192
 INDEX_TYPES = ("auto", "flat", "ivf", "ivf-sq8", "ivf-pq")
 _ADD_CHUNK = 65536
 TUNING_QUERIES = 1000
@@ -75,6 +79,7 @@ def build_index(
     encoder: Encoder | None = None,
     extra_manifest: Mapping[str, Any] | None = None,
     trained: Any = None,
+    memory_budget: str | int | None = None,
 ):  # noqa: ANN201 - returns MatchIndex (imported lazily to avoid a cycle)
     """Encode ``entities`` and write a memory-mappable FAISS artifact to ``path``.
 
@@ -86,7 +91,11 @@ def build_index(
     of the catalog's own texts, reaches ``target_recall``, and whose recall@1 (the top hit is
     the exact one) reaches ``TOP1_TARGET``. ``trained``: an empty, trained FAISS index of
     the same factory to fill instead of training one (shards of a distributed build share
-    their coarse quantizer that way).
+    their coarse quantizer that way). ``memory_budget`` (bytes, or ``"2GB"``, ``"512MiB"``):
+    with ``index_type="auto"`` the most accurate kind whose index fits it (flat, ivf,
+    ivf-sq8, then ivf-pq with exact re-rank from the on-disk vectors); with an explicit kind,
+    a warning when the index will not fit. IVF indexes of ``HNSW_QUANTIZER_MIN_NLIST`` lists
+    or more get an HNSW coarse quantizer.
     Returns the opened :class:`~novelentitymatcher_faiss.match_index.MatchIndex`.
     """
 
@@ -99,6 +108,7 @@ def build_index(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     _check_index_type(index_type)
+    budget = None if memory_budget is None else parse_bytes(memory_budget)
     lexical = resolve_lexical(lexical)
     if encoder is None:
         encoder = load_encoder(model, embedding_dim=embedding_dim, show_progress=show_progress)
@@ -107,7 +117,9 @@ def build_index(
             entities, tmp, encoder, lexical, settings, batch_size, show_progress
         )
         vectors = load_array(tmp / VECTORS_FILE, np.float32, ndim=2)
-        kind, factory, n_list = _choose_index(index_type, len(vectors), vectors.shape[1], nlist)
+        kind, factory, n_list = _choose_index(
+            index_type, len(vectors), vectors.shape[1], nlist, budget
+        )
         rerank = (4 if kind == "ivf-pq" else 0) if rerank is None else rerank
         index = _train_and_add(factory, vectors, seed, show_progress, trained)
         tuning: list[dict[str, float]] = []
@@ -156,6 +168,7 @@ def build_index(
                 "nprobe_tuning": tuning,
                 "rerank": rerank,
                 "vectors_stored": (tmp / VECTORS_FILE).exists(),
+                "memory_budget": budget,
             },
             "counts": counts,
             "build_seconds": round(time.perf_counter() - started, 3),
@@ -316,23 +329,36 @@ def default_nlist(n: int) -> int:
     return max(1, min(int(4 * math.sqrt(n)), n // 39))
 
 
-def _choose_index(index_type: str, n: int, d: int, nlist: int | None) -> tuple[str, str, int]:
-    """Return (kind, FAISS factory string, nlist or 0)."""
+def _choose_index(
+    index_type: str, n: int, d: int, nlist: int | None, budget: int | None = None
+) -> tuple[str, str, int]:
+    """Return (kind, FAISS factory string, nlist or 0) for ``n`` vectors of dimension ``d``."""
     kind = index_type
-    if kind == "auto":
+    n_list = nlist or default_nlist(n)
+    if kind == "auto" and budget is not None:
+        kind = pick_kind(n, d, n_list, budget, AUTO_FLAT_MAX_VECTORS)
+    elif kind == "auto":
         kind = "flat" if n < AUTO_FLAT_MAX_VECTORS else "ivf"
+    elif budget is not None and kind in ("flat", *BUDGET_KINDS):
+        need = index_bytes(kind, n, d, 0 if kind == "flat" else n_list)
+        if need > budget:
+            warnings.warn(
+                f"a {kind} index of {n:,} vectors needs about {need:,} bytes, over the "
+                f"memory_budget of {budget:,}; index_type='auto' would pick one that fits",
+                stacklevel=3,
+            )
     if kind == "flat":
         return kind, "Flat", 0
-    n_list = nlist or default_nlist(n)
+    coarse = f"IVF{n_list}" + ("_HNSW32" if n_list >= HNSW_QUANTIZER_MIN_NLIST else "")
     if kind == "ivf":
-        return kind, f"IVF{n_list},Flat", n_list
+        return kind, f"{coarse},Flat", n_list
     if kind == "ivf-sq8":
-        return kind, f"IVF{n_list},SQ8", n_list
+        return kind, f"{coarse},SQ8", n_list
     if kind == "ivf-pq":
         # 4-bit fast-scan PQ (d/2 bytes per vector): trains in seconds, where 8-bit PQ
         # training takes minutes on two cores; exact re-rank restores the ranking.
         m = d // 2 if d % 2 == 0 else d
-        return kind, f"IVF{n_list},PQ{m}x4fs", n_list
+        return kind, f"{coarse},PQ{m}x4fs", n_list
     import faiss
 
     try:

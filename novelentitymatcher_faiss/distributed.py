@@ -23,7 +23,6 @@ import numpy as np
 from . import __version__
 from .artifact import atomic_directory
 from .build import (
-    AUTO_FLAT_MAX_VECTORS,
     _check_index_type,
     _choose_index,
     new_trained_index,
@@ -74,10 +73,7 @@ def build_with_ray(
     encoder = load_encoder(model, embedding_dim=embedding_dim, show_progress=show_progress)
     dim = encoder.dim + (lexical_settings.dim if lexical_settings else 0)
     vectors_estimate = sum(1 + len(row["aliases"]) for row in rows)
-    kind = index_type
-    if kind == "auto":
-        kind = "flat" if vectors_estimate < AUTO_FLAT_MAX_VECTORS else "ivf"
-    kind, factory, n_list = _choose_index(kind, vectors_estimate, dim, nlist)
+    kind, factory, n_list = _choose_index(index_type, vectors_estimate, dim, nlist)
     trained = None
     if n_list or kind == "factory":
         sample = _sample_vectors(rows, factory, dim, encoder, lexical_settings, settings, seed)

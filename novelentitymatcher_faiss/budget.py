@@ -1,0 +1,64 @@
+"""Index choice from a memory budget: the most accurate index kind whose memory fits.
+
+Estimates count what a search touches in RAM (the index file's codes, ids and coarse
+centroids), not ``vectors.npy``, which stays on disk behind a memory map and is read only
+for the few re-ranked candidates.
+"""
+
+from __future__ import annotations
+
+import re
+
+#: Kinds in order of preference for ``index_type="auto"`` with a budget (most accurate first).
+BUDGET_KINDS = ("ivf", "ivf-sq8", "ivf-pq")
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}  # fmt: skip
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?I?B?)\s*$", re.IGNORECASE)
+
+
+def parse_bytes(size: str | int) -> int:
+    """``"2GB"``, ``"1.5GiB"``, ``"512MB"`` or an int -> bytes (decimal or binary units)."""
+    if isinstance(size, bool) or not isinstance(size, int | str):
+        raise ValueError(f"memory_budget must be bytes (int) or a size like '2GB', got {size!r}")
+    if isinstance(size, int):
+        value = size
+    else:
+        match = _SIZE.match(size)
+        unit = match.group(2).upper() if match else None
+        if not match or unit not in _UNITS:
+            raise ValueError(f"memory_budget {size!r} is not a size like '2GB' or '512MiB'")
+        value = int(float(match.group(1)) * _UNITS[unit])
+    if value <= 0:
+        raise ValueError(f"memory_budget must be positive, got {size!r}")
+    return value
+
+
+def index_bytes(kind: str, n: int, d: int, nlist: int) -> int:
+    """Estimated RAM of a ``kind`` index holding ``n`` vectors of dimension ``d`` (an upper
+    bound for small ``n``: fast-scan lists are padded to blocks of 32 codes)."""
+    if kind == "flat":
+        return 4 * d * n
+    centroids = 4 * d * nlist
+    if kind == "ivf":
+        return n * (4 * d + 8) + centroids
+    if kind == "ivf-sq8":
+        return n * (d + 8) + centroids + 8 * d  # + per-dimension min and range
+    code = -(-d // 4)  # PQ{d/2}x4fs: d/2 sub-quantizers of 4 bits
+    codebooks = (d // 2) * 16 * 2 * 4
+    return n * (code + 8) + centroids + codebooks + nlist * 32 * code
+
+
+def pick_kind(n: int, d: int, nlist: int, budget: int, flat_max_vectors: int) -> str:
+    """``"flat"`` below ``flat_max_vectors`` if it fits, else the first of
+    :data:`BUDGET_KINDS` that fits ``budget`` bytes; ValueError when none does."""
+    if n < flat_max_vectors and index_bytes("flat", n, d, 0) <= budget:
+        return "flat"
+    for kind in BUDGET_KINDS:
+        if index_bytes(kind, n, d, nlist) <= budget:
+            return kind
+    need = index_bytes(BUDGET_KINDS[-1], n, d, nlist)
+    raise ValueError(
+        f"memory_budget of {budget:,} bytes is below the smallest index for {n:,} vectors of "
+        f"dimension {d} (ivf-pq needs about {need:,} bytes); raise the budget, lower the "
+        "dimension (embedding_dim) or shard the catalog"
+    )

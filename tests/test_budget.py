@@ -1,0 +1,81 @@
+"""Index choice from a memory budget, and the HNSW coarse quantizer for large nlist."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from novelentitymatcher_faiss import build_index
+from novelentitymatcher_faiss.budget import index_bytes, parse_bytes, pick_kind
+from novelentitymatcher_faiss.build import HNSW_QUANTIZER_MIN_NLIST, _choose_index
+
+PRODUCTS = Path(__file__).parent / "data" / "products_mcc.csv"
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("2GB", 2 * 10**9), ("1.5GiB", int(1.5 * 2**30)), ("512 MiB", 512 * 2**20),
+     ("300kb", 300_000), (4096, 4096)],
+)  # fmt: skip
+def test_sizes_parse(text, value):
+    assert parse_bytes(text) == value
+
+
+@pytest.mark.parametrize("bad", ["two gigs", "5 parsecs", "-1GB", 0, 1.5, True, None])
+def test_bad_sizes_are_named(bad):
+    with pytest.raises(ValueError, match="memory_budget"):
+        parse_bytes(bad)
+
+
+def test_the_most_accurate_kind_that_fits_is_picked():
+    n, d, nlist = 10_000_000, 512, 12_649
+    assert pick_kind(50_000, d, 0, 10**9, 100_000) == "flat"
+    assert pick_kind(n, d, nlist, 30 * 10**9, 100_000) == "ivf"
+    assert pick_kind(n, d, nlist, 8 * 10**9, 100_000) == "ivf-sq8"
+    assert pick_kind(n, d, nlist, 2 * 10**9, 100_000) == "ivf-pq"
+    assert index_bytes("ivf-pq", n, d, nlist) < 2 * 10**9
+    with pytest.raises(ValueError, match="ivf-pq needs about"):
+        pick_kind(n, d, nlist, 10**9, 100_000)
+
+
+def test_large_nlist_gets_an_hnsw_quantizer():
+    kind, factory, n_list = _choose_index("ivf-pq", 10_000_000, 512, None, 2 * 10**9)
+    assert n_list >= HNSW_QUANTIZER_MIN_NLIST
+    assert factory == f"IVF{n_list}_HNSW32,PQ256x4fs"
+    assert _choose_index("ivf", 1_000_000, 512, None)[1] == "IVF4000,Flat"
+
+
+def test_builds_follow_the_budget(tmp_path):
+    roomy = build_index(PRODUCTS, tmp_path / "roomy", memory_budget="1GB", show_progress=False)
+    assert roomy.manifest["index"]["type"] == "flat"
+    sq8 = build_index(PRODUCTS, tmp_path / "sq8", memory_budget="1.5MB", show_progress=False)
+    assert sq8.manifest["index"]["type"] == "ivf-sq8"
+    assert sq8.manifest["index"]["memory_budget"] == 1_500_000
+    assert (sq8.path / "index.faiss").stat().st_size <= 1_500_000
+    pq = build_index(PRODUCTS, tmp_path / "pq", memory_budget="700KB", show_progress=False)
+    assert pq.manifest["index"]["type"] == "ivf-pq"
+    assert (pq.path / "index.faiss").stat().st_size <= 700_000
+    assert pq.match("airlines")["text"] == "Airlines"
+    with pytest.raises(ValueError, match="below the smallest index"):
+        build_index(PRODUCTS, tmp_path / "tiny", memory_budget="50KB", show_progress=False)
+    assert not (tmp_path / "tiny").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    with pytest.warns(UserWarning, match="over the memory_budget"):
+        build_index(PRODUCTS, tmp_path / "flat", index_type="flat", memory_budget="1MB",
+                    show_progress=False)  # fmt: skip
+
+
+def test_an_hnsw_quantizer_artifact_builds_tunes_and_answers(tmp_path):
+    index = build_index(PRODUCTS, tmp_path / "hnsw", index_type="IVF32_HNSW32,Flat",
+                        show_progress=False)  # fmt: skip
+    import faiss
+
+    quantizer = faiss.downcast_index(faiss.extract_index_ivf(index.index).quantizer)
+    assert isinstance(quantizer, faiss.IndexHNSW)
+    assert index.nprobe is not None
+    flat = build_index(PRODUCTS, tmp_path / "flat", index_type="flat", show_progress=False)
+    queries = ["airlines", "grocery stores", "hotels motels resorts", "taxicabs limousines"]
+    assert [h["score"] for h in index.match(queries, nprobe=32)] == pytest.approx(
+        [h["score"] for h in flat.match(queries)], abs=1e-5
+    )
