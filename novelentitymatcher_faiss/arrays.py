@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,18 @@ def load_array(path: Path, dtype: type, ndim: int, mmap: bool = True) -> np.ndar
             f"found {array.dtype} with shape {array.shape}"
         )
     return array
+
+
+def release_pages(array: np.ndarray) -> None:
+    """Unmap the pages of a memory-mapped ``array`` from this process (``MADV_DONTNEED``).
+
+    They stay in the page cache and come back on the next access; streaming passes over
+    files larger than RAM call this so the process's RSS does not grow with the file.
+    A no-op for arrays that are not memory-mapped.
+    """
+    mapping = getattr(array, "_mmap", None)
+    if isinstance(mapping, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
+        mapping.madvise(mmap.MADV_DONTNEED)
 
 
 def _header(rows: int, cols: int, dtype: np.dtype) -> bytes:

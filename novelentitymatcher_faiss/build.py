@@ -22,7 +22,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import __version__
-from .arrays import NpyRowWriter, load_array
+from .arrays import NpyRowWriter, load_array, release_pages
 from .artifact import (
     FORMAT,
     FORMAT_VERSION,
@@ -400,7 +400,9 @@ def new_trained_index(factory: str, vectors: np.ndarray, seed: int, show_progres
         rows = np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
         if show_progress:
             tqdm.write(f"training {factory} on {size} vectors")
-        index.train(np.ascontiguousarray(vectors[rows], dtype=np.float32))
+        sample = np.ascontiguousarray(vectors[rows], dtype=np.float32)
+        release_pages(vectors)
+        index.train(sample)
     return index
 
 

@@ -10,6 +10,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from .arrays import release_pages
+
 #: Re-ranking always looks at this many candidates at least (cheap, and it helps top-1).
 RERANK_MIN_CANDIDATES = 32
 
@@ -134,9 +136,15 @@ def best_per_entity(
 
 
 def iter_chunks(array: np.ndarray, chunk: int) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield (start, float32 block) over the rows of a (possibly memory-mapped) array."""
+    """Yield (start, float32 block copy) over the rows of a (possibly memory-mapped) array.
+
+    Pages of a memory-mapped array are released after each block (:func:`release_pages`),
+    so a pass over a file larger than RAM does not grow the process's RSS.
+    """
     for start in range(0, len(array), chunk):
-        yield start, np.ascontiguousarray(array[start : start + chunk], dtype=np.float32)
+        block = np.array(array[start : start + chunk], dtype=np.float32, order="C", copy=True)
+        release_pages(array)
+        yield start, block
 
 
 def exact_knn(

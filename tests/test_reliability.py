@@ -321,3 +321,27 @@ def test_no_public_call_adds_to_a_mapped_index(artifacts):
         build_index(
             UNIVERSITIES, artifacts["flat"], show_progress=False
         )  # exists: no in-place writes
+
+
+def _rss_file_bytes() -> int:
+    with open("/proc/self/status", encoding="ascii") as handle:
+        for line in handle:
+            if line.startswith("RssFile:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no RssFile line")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
+def test_streaming_over_a_mapped_file_does_not_grow_rss(tmp_path):
+    from novelentitymatcher_faiss.arrays import load_array
+    from novelentitymatcher_faiss.search import iter_chunks
+
+    path = tmp_path / "big.npy"
+    np.save(path, np.ones((128 * 1024, 512), dtype=np.float32))  # 256 MiB
+    vectors = load_array(path, np.float32, ndim=2)
+    before, peak, total = _rss_file_bytes(), 0, 0.0
+    for _, block in iter_chunks(vectors, 8192):
+        total += float(block[:, 0].sum())
+        peak = max(peak, _rss_file_bytes() - before)
+    assert total == 128 * 1024
+    assert peak < 64 * 2**20, peak  # without releasing pages this reaches the file's size

@@ -87,7 +87,7 @@ def test_mismatched_shards_are_refused(built, tmp_path):
                              show_progress=False)  # fmt: skip
     with pytest.raises(ArtifactIncompatibleError, match="lexical"):
         load_shards([built["shards"][0].path, dense_only.path])
-    with pytest.raises(QueryError, match="non-empty list"):
+    with pytest.raises(QueryError, match="not a shard set"):
         load_shards(built["shards"][0].path)
     with pytest.raises(QueryError, match="non-empty list"):
         load_shards([])
