@@ -14,6 +14,20 @@ from .arrays import release_pages
 
 #: Re-ranking always looks at this many candidates at least (cheap, and it helps top-1).
 RERANK_MIN_CANDIDATES = 32
+#: Searches below this many multiply-adds (about a millisecond on one core) use one thread.
+SMALL_SEARCH_WORK = 20_000_000
+
+
+def search_work(index, nq: int, nprobe: int | None) -> int:  # noqa: ANN001 - a faiss.Index
+    """Rough multiply-adds of searching ``nq`` queries: the vectors scanned times ``d``."""
+    import faiss
+
+    try:
+        ivf = faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return nq * index.ntotal * index.d
+    probed = min(ivf.nlist, nprobe or ivf.nprobe)
+    return nq * (ivf.nlist + index.ntotal * probed // max(1, ivf.nlist)) * index.d
 
 
 def search_params(index, nprobe: int | None):  # noqa: ANN001, ANN201 - faiss objects
@@ -44,7 +58,8 @@ def search(
     With ``vectors`` (float32 (n, d), may be a memmap) and ``rerank > 1``,
     ``max(k * rerank, RERANK_MIN_CANDIDATES)`` candidates are fetched and re-scored exactly
     against the stored vectors.
-    Single queries run on one OpenMP thread (faster than two for one query); the calling
+    Small searches (one query, or under ``SMALL_SEARCH_WORK`` multiply-adds) run on one
+    OpenMP thread, where starting more threads costs more than it saves; the calling
     thread's OpenMP setting, which torch shares, is restored before returning.
     """
     import faiss
@@ -54,7 +69,7 @@ def search(
     reranking = vectors is not None and rerank > 1
     fetch = min(index.ntotal, max(k * rerank, RERANK_MIN_CANDIDATES)) if reranking else k
     params = search_params(index, nprobe)
-    if len(queries) == 1:
+    if len(queries) == 1 or search_work(index, len(queries), nprobe) < SMALL_SEARCH_WORK:
         threads = faiss.omp_get_max_threads()
         faiss.omp_set_num_threads(1)
         try:

@@ -1,0 +1,165 @@
+"""A 10M-entity catalog on one machine: build under a memory budget, open, query, recall.
+
+The catalog is ``make_catalog.py``'s real-name generator at 10M rows (people, companies
+and places combined from faker's word lists; regenerated, never committed). The build runs
+``build_index(index_type="auto", memory_budget=...)`` in a child process so its peak RSS
+(``VmHWM``, file-backed pages included) is its own. Then: open time in fresh processes,
+single-query p50/p99 (encode included) on typo queries, and recall against exact search
+(the stored vectors, read in chunks) on a sample of typo queries.
+
+    python benchmarks/large_bench.py [--size 10M] [--budget 2GB] [--queries 500]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from common import (
+    faiss_threads,
+    human_bytes,
+    library_versions,
+    machine_info,
+    markdown_table,
+    percentile,
+    pin_threads,
+    print_environment,
+    write_results,
+)
+
+THREADS = pin_threads(2)
+
+import artifact_bench  # noqa: E402
+import make_catalog  # noqa: E402
+
+CHILD = """
+import json, sys, time
+from novelentitymatcher_faiss import build_index
+started = time.perf_counter()
+index = build_index(sys.argv[1], sys.argv[2], memory_budget=sys.argv[3], overwrite=True,
+                    show_progress=True)
+status = dict(line.split(":", 1) for line in open("/proc/self/status") if ":" in line)
+print(json.dumps({"wall_s": time.perf_counter() - started,
+                  "vm_hwm_bytes": int(status["VmHWM"].split()[0]) * 1024,
+                  "manifest_index": index.manifest["index"],
+                  "counts": index.manifest["counts"]}))
+"""
+
+
+def build(catalog: Path, out: Path, budget: str) -> dict[str, Any]:
+    """Build in a child process; its JSON line plus the artifact's size."""
+    proc = subprocess.run([sys.executable, "-c", CHILD, str(catalog), str(out), budget],
+                          stdout=subprocess.PIPE, text=True, check=True)  # fmt: skip
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["artifact_bytes"] = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    result["index_bytes"] = (out / "index.faiss").stat().st_size
+    return result
+
+
+def sample_rows(path: Path, count: int) -> list[tuple[str, str, list[str]]]:
+    """About ``count`` evenly spaced (id, name, aliases) rows of a catalog CSV, streamed."""
+    import csv
+
+    with open(path, encoding="utf-8", newline="") as handle:
+        total = sum(1 for _ in handle) - 1
+    step = max(1, total // count)
+    with open(path, encoding="utf-8", newline="") as handle:
+        reader = csv.reader(handle)
+        next(reader)
+        return [(row[0], row[1], [a for a in row[2].split("|") if a])
+                for number, row in enumerate(reader) if number % step == 0]  # fmt: skip
+
+
+def recall(index: Any, texts: list[str]) -> dict[str, float]:
+    """recall@1, R@10 (exact top-1 among the 10 returned) and 10-recall@10 on ``texts``."""
+    from novelentitymatcher_faiss.lexical import featurize
+    from novelentitymatcher_faiss.search import exact_knn, recall_at_k, search
+
+    queries = featurize([index._normalize(t, 0) for t in texts], index.encoder, index.lexical)
+    started = time.perf_counter()
+    truth, _ = exact_knn(queries, index.vectors, 10)
+    exact_s = time.perf_counter() - started
+    _, found = search(index.index, queries, 10, nprobe=index.nprobe, vectors=index.vectors,
+                      rerank=index._rerank)  # fmt: skip
+    _, first = search(index.index, queries, 1, nprobe=index.nprobe, vectors=index.vectors,
+                      rerank=index._rerank)  # fmt: skip
+    return {
+        "queries": len(texts),
+        "recall_at_1": recall_at_k(queries, first, truth[:, :1], index.vectors),
+        "r_at_10": recall_at_k(queries, found, truth[:, :1], index.vectors),
+        "recall_10_at_10": recall_at_k(queries, found, truth, index.vectors),
+        "exact_search_s": exact_s,
+    }
+
+
+def to_markdown(doc: dict[str, Any]) -> str:
+    b, o, s, r = doc["build"], doc["open"], doc["single"], doc["recall"]
+    info = b["manifest_index"]
+    rows = [[f"{doc['entities']:,}", f"{b['counts']['vectors']:,}",
+             f"{info['type']} ({info['factory']}), nprobe {info['nprobe']}",
+             f"{b['wall_s'] / 60:.1f} min", human_bytes(b["vm_hwm_bytes"]),
+             human_bytes(b["artifact_bytes"]), human_bytes(b["index_bytes"]),
+             f"{o['open_s'] * 1000:.0f} ms", f"{s['p50_ms']:.2f} / {s['p99_ms']:.2f}",
+             f"{r['recall_at_1']:.3f} / {r['r_at_10']:.3f} / {r['recall_10_at_10']:.3f}"]]
+    env = doc["environment"]
+    return "\n".join([
+        "# Large catalog: build, open, query\n",
+        f"{doc['started_at']}; machine: {env['machine']['cpu_model']}, "
+        f"{env['machine']['usable_cores']} cores, {env['machine']['ram_gib']} GiB; versions: "
+        + ", ".join(f"{k} {v}" for k, v in env["versions"].items()) + ".\n",
+        f"`build_index(catalog, index_type='auto', memory_budget='{doc['budget']}')` in a "
+        "child process (peak RSS = its VmHWM, mapped file pages included); catalog "
+        f"generated in {doc['catalog_s']:.0f} s. Open = `load_index` in fresh processes "
+        "(median); single = `index.match(text)`, encode included, one-letter-typo queries; "
+        "recall against exact search over the stored vectors.\n",
+        markdown_table(["entities", "vectors", "index", "build", "peak RSS", "artifact",
+                        "index.faiss", "open", "single p50 / p99 ms",
+                        "recall@1 / R@10 / 10-recall@10"], rows),
+    ])  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=make_catalog.parse_size, default=10_000_000)
+    parser.add_argument("--budget", default="2GB")
+    parser.add_argument("--queries", type=int, default=500)
+    args = parser.parse_args(argv)
+    info = {"machine": machine_info(), "versions": library_versions(),
+            "threads": {**THREADS, "faiss_omp": str(faiss_threads(2))}}  # fmt: skip
+    print_environment(info)
+    started = time.perf_counter()
+    catalog = artifact_bench.catalog_path(args.size, make_catalog.DEFAULT_SEED)
+    doc: dict[str, Any] = {"benchmark": "large", "entities": args.size, "budget": args.budget,
+                           "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                           "environment": info, "catalog_s": time.perf_counter() - started}
+    out = artifact_bench.artifact_dir(args.size, f"budget-{args.budget}",
+                                      make_catalog.DEFAULT_SEED)  # fmt: skip
+    print(f"building {out.name} ...", flush=True)
+    doc["build"] = build(catalog, out, args.budget)
+    print(f"  built in {doc['build']['wall_s'] / 60:.1f} min, peak RSS "
+          f"{human_bytes(doc['build']['vm_hwm_bytes'])}", flush=True)  # fmt: skip
+    doc["open"] = artifact_bench.measure_open(out, 5, 2, doc["build"]["index_bytes"])
+    from novelentitymatcher_faiss import load_index
+
+    index = load_index(out)
+    rows = sample_rows(catalog, 20 * args.queries)
+    singles, _ = artifact_bench.typo_queries(rows, args.queries, 8)
+    index.match(singles[:20])
+    times = artifact_bench.latencies_ms(index.match, singles)
+    doc["single"] = {"queries": len(times), "p50_ms": percentile(times, 50),
+                     "p99_ms": percentile(times, 99)}  # fmt: skip
+    texts, _ = artifact_bench.typo_queries(rows, args.queries, 9)
+    del rows
+    doc["recall"] = recall(index, texts)
+    print(json.dumps({k: doc[k] for k in ("open", "single", "recall")}, default=str)[:600])
+    write_results("large", doc, to_markdown(doc))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
