@@ -22,7 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark with the given flags; after a full run, draw the plots."""
     args = sys.argv[1:] if argv is None else argv
     status = artifact_bench.main(args)
-    if status == 0 and not any(a.startswith(("--quick", "--sizes")) for a in args):
+    full = not any(a.startswith(("--quick", "--sizes")) for a in args)
+    if status == 0 and (full or "--merge" in args):
         plots.main([str(RESULTS_DIR / "artifact.json")])
     return status
 

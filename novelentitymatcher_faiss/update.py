@@ -74,6 +74,8 @@ def update_index(
     dropped, replaced = _dropped_rows(old, remove, added)
     if not added and not dropped.any():
         raise CatalogError("nothing to update: give entities to add or ids to remove")
+    if not added and dropped.all():
+        raise CatalogError("the update would remove every entity; an artifact needs one")
     index_kind = _index_kind(old)
     encoder = old.encoder  # loaded and fingerprint-checked before anything is written
     with atomic_directory(target, overwrite=overwrite) as tmp:

@@ -136,6 +136,9 @@ def test_bad_updates_are_clear_errors_and_write_nothing(change, tmp_path):
         update_index(old.path, tmp_path / "new", remove=["no-such-id"], show_progress=False)
     with pytest.raises(CatalogError, match="nothing to update"):
         update_index(old.path, tmp_path / "new", show_progress=False)
+    with pytest.raises(CatalogError, match="every entity"):
+        update_index(old.path, tmp_path / "new", remove=[e["id"] for e in change["old"]],
+                     show_progress=False)  # fmt: skip
     with pytest.raises(CatalogError, match="list of ids"):
         update_index(old.path, tmp_path / "new", remove="5411", show_progress=False)
     with pytest.raises(ArtifactExistsError, match="must differ"):
