@@ -3,7 +3,7 @@
 * ``latency-vs-size.png``: single-query p50 (encode included) against catalog size, one
   line per system;
 * ``recall-qps.png``: the IVF nprobe sweep as recall against batch queries per second, one
-  line per catalog size (R@10 and recall@1 panels).
+  line per catalog size (10-recall@10 and recall@1 panels).
 
     python benchmarks/plots.py [results/artifact.json] [--out docs/img]
 """
@@ -70,8 +70,9 @@ def recall_qps(doc: dict[str, Any], path: Path) -> Path:
     """IVF nprobe sweep: recall against batch q/s (top 10), one line per catalog size."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
-    for ax, key, label in ((axes[0], "r_at_10", "R@10 (exact top-1 among the 10 returned)"),
-                           (axes[1], "recall_at_1", "recall@1")):  # fmt: skip
+    panels = ((axes[0], "recall_at_10", "10-recall@10 (share of the exact top 10)"),
+              (axes[1], "recall_at_1", "recall@1 (the top hit is exact)"))  # fmt: skip
+    for ax, key, label in panels:
         for size in doc["sizes"]:
             sweep = size.get("nprobe_sweep", [])
             if not sweep or key not in sweep[0]:
@@ -85,7 +86,7 @@ def recall_qps(doc: dict[str, Any], path: Path) -> Path:
                             color=line.get_color())  # fmt: skip
                 ax.annotate(str(point["nprobe"]), (point[key], point["batch_qps_top10"]),
                             fontsize=6, xytext=(3, 3), textcoords="offset points")  # fmt: skip
-        ax.set(yscale="log", xlabel=label, title=f"IVF: {label.split(' ')[0]} against q/s")
+        ax.set(yscale="log", xlabel=label, title=f"IVF nprobe sweep: {label.split(' ')[0]}")
         ax.grid(True, which="both", alpha=0.3)
     axes[0].set_ylabel("batch queries/s (top 10)")
     axes[0].legend(fontsize=8, title="star = stored nprobe", title_fontsize=8)
