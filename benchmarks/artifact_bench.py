@@ -970,7 +970,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def config_from_args(args: argparse.Namespace) -> Config:
     """A :class:`Config` from parsed flags."""
     sizes = tuple(args.sizes) if args.sizes else (QUICK_SIZES if args.quick else DEFAULT_SIZES)
-    quick = {"batch_queries": 1000, "single_queries": 500, "recall_queries": 500,
+    quick = {"batch_queries": 1000, "single_queries": 300, "recall_queries": 300,
              "sweep_queries": 100} if args.quick else {}  # fmt: skip
     return Config(
         **quick,
