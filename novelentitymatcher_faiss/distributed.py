@@ -128,12 +128,19 @@ def _sample_vectors(
     settings: NormalizerSettings,
     seed: int,
 ) -> np.ndarray:
-    """Index vectors of a seeded sample of the catalog's texts, enough to train ``factory``."""
-    texts = [normalize_text(text[:MAX_TEXT_CHARS], settings)
-             for row in rows for text in (row["name"], *row["aliases"])]  # fmt: skip
-    texts = [text for text in texts if text]
-    wanted = min(len(texts), training_sample_size(factory, dim))
-    sample = random.Random(seed).sample(texts, wanted)
+    """Index vectors of a seeded sample of the catalog's texts, enough to train ``factory``.
+
+    Texts are drawn in a seeded random order and normalized only until the sample is full.
+    """
+    texts = [text for row in rows for text in (row["name"], *row["aliases"])]
+    wanted = training_sample_size(factory, dim)
+    sample: list[str] = []
+    for position in random.Random(seed).sample(range(len(texts)), len(texts)):
+        norm = normalize_text(texts[position][:MAX_TEXT_CHARS], settings)
+        if norm:
+            sample.append(norm)
+            if len(sample) == wanted:
+                break
     return featurize(sample, encoder, lexical)
 
 

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .encoders import Encoder
+from .encoders import Encoder, normalize_rows
 
 #: Names the hashing scheme; a change of scheme must change this name.
 HASH_NAME = "poly1000003-mix9e3779b1-v1"
@@ -93,7 +93,7 @@ def lexical_vectors(texts: Sequence[str], settings: LexicalSettings) -> np.ndarr
     if len(texts) <= _SMALL_BATCH:
         for row, text in enumerate(texts):
             out[row] = np.bincount(_buckets(text, settings), minlength=settings.dim)
-        return _unit_rows(out)
+        return normalize_rows(out)
     codes, rows = _codepoints(texts)
     is_space = codes == _SPACE
     is_sep = codes == _SEPARATOR
@@ -117,14 +117,7 @@ def lexical_vectors(texts: Sequence[str], settings: LexicalSettings) -> np.ndarr
     if cells:
         flat = np.bincount(np.concatenate(cells), minlength=out.size)
         out[:] = flat.reshape(out.shape)
-    return _unit_rows(out)
-
-
-def _unit_rows(out: np.ndarray) -> np.ndarray:
-    """Divide each row of ``out`` by its L2 norm in place (what ``np.linalg.norm`` computes)."""
-    norms = np.sqrt(np.add.reduce(out * out, axis=1, keepdims=True))
-    np.divide(out, norms, out=out, where=norms > 0)
-    return out
+    return normalize_rows(out)
 
 
 def _buckets(text: str, settings: LexicalSettings) -> list[int]:

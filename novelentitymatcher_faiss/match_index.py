@@ -198,12 +198,16 @@ class MatchIndex:
 
     def get(self, entity_id: str) -> dict[str, Any] | None:
         """The stored entity record (id, name, aliases, metadata) for ``entity_id``, or None."""
+        row = self.row_of(entity_id)
+        return None if row is None else self.entity(row)
+
+    def row_of(self, entity_id: str) -> int | None:
+        """The entity row of ``entity_id``, or None (the id map is built at first use)."""
         if self._id_to_row is None:
             with self._lock:
                 if self._id_to_row is None:
                     self._id_to_row = {self.ids[i]: i for i in range(len(self.ids))}
-        row = self._id_to_row.get(entity_id)
-        return None if row is None else self.entity(row)
+        return self._id_to_row.get(entity_id)
 
     def entity(self, row: int) -> dict[str, Any]:
         """The stored entity record at entity row ``row``."""

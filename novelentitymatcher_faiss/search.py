@@ -69,15 +69,13 @@ def search(
     reranking = vectors is not None and rerank > 1
     fetch = min(index.ntotal, max(k * rerank, RERANK_MIN_CANDIDATES)) if reranking else k
     params = search_params(index, nprobe)
+    threads = faiss.omp_get_max_threads()
     if len(queries) == 1 or search_work(index, len(queries), nprobe) < SMALL_SEARCH_WORK:
-        threads = faiss.omp_get_max_threads()
         faiss.omp_set_num_threads(1)
-        try:
-            scores, rows = index.search(queries, fetch, params=params)
-        finally:
-            faiss.omp_set_num_threads(threads)
-    else:
+    try:
         scores, rows = index.search(queries, fetch, params=params)
+    finally:
+        faiss.omp_set_num_threads(threads)
     if fetch > k:
         scores, rows = rerank_exact(queries, rows, vectors, k)
     return scores, rows

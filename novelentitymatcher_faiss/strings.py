@@ -33,7 +33,7 @@ class StringTableWriter:
     def add_rows(self, table: StringTable, keep: np.ndarray) -> None:
         """Append the rows of ``table`` where ``keep`` (bool, one per row) is set, in bulk."""
         lengths = np.diff(table.offsets)
-        data = np.frombuffer(table.blob, dtype=np.uint8) if len(table.blob) else np.zeros(0)
+        data = np.frombuffer(table.blob, dtype=np.uint8)
         self._handle.write(data[np.repeat(keep, lengths)].tobytes())
         ends = self._offsets[-1] + np.cumsum(lengths[keep])
         self._offsets.extend(ends.tolist())

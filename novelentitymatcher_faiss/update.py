@@ -115,14 +115,14 @@ def _dropped_rows(
     bad = [entity_id for entity_id in remove if not isinstance(entity_id, str)]
     if bad:
         raise CatalogError(f"ids to remove must be strings, got {bad[0]!r}")
-    rows = {old.ids[row]: row for row in range(len(old.ids))}
-    missing = [entity_id for entity_id in remove if entity_id not in rows]
+    rows = [old.row_of(entity_id) for entity_id in remove]
+    missing = [entity_id for entity_id, row in zip(remove, rows, strict=True) if row is None]
     if missing:
         shown = ", ".join(repr(m) for m in missing[:5]) + (" ..." if len(missing) > 5 else "")
         raise CatalogError(f"cannot remove {len(missing)} id(s) not in {old.path}: {shown}")
     dropped = np.zeros(old.n_entities, dtype=bool)
-    dropped[[rows[entity_id] for entity_id in remove]] = True
-    replaced = [rows[e["id"]] for e in added if e["id"] in rows]
+    dropped[rows] = True
+    replaced = [row for row in (old.row_of(e["id"]) for e in added) if row is not None]
     dropped[replaced] = True
     return dropped, len(replaced)
 
@@ -166,16 +166,6 @@ def _copy_kept(old: MatchIndex, dropped: np.ndarray, writer: CatalogWriter) -> n
     return kept_rows
 
 
-def _old_rows(old: MatchIndex) -> Any:
-    """Yield the old artifact's vectors in chunks, float32, from vectors.npy or a flat index."""
-    if old.vectors is not None:
-        for _, block in iter_chunks(old.vectors, _CHUNK):
-            yield block
-        return
-    for start in range(0, old.n_vectors, _CHUNK):
-        yield old.index.reconstruct_n(start, min(_CHUNK, old.n_vectors - start))
-
-
 def _new_index(
     old: MatchIndex,
     kind: str,
@@ -188,15 +178,12 @@ def _new_index(
 
     if kind == "flat":
         index = faiss.IndexFlatIP(old.dim)
-        if old.vectors is not None:  # the new vectors.npy already holds kept + added rows
-            for _, block in iter_chunks(vectors, _CHUNK):
-                index.add(block)
-            return index
-        done = 0
-        for block in _old_rows(old):
-            index.add(np.ascontiguousarray(block[kept_rows[done : done + len(block)]]))
-            done += len(block)
-        for _, block in iter_chunks(new_vectors, _CHUNK):
+        if old.vectors is None:  # kept rows come back from the old flat index itself
+            for start in range(0, old.n_vectors, _CHUNK):
+                block = old.index.reconstruct_n(start, min(_CHUNK, old.n_vectors - start))
+                index.add(np.ascontiguousarray(block[kept_rows[start : start + len(block)]]))
+        # vectors.npy holds kept + added rows when the parent stored vectors, else the added
+        for _, block in iter_chunks(vectors, _CHUNK):
             index.add(block)
         return index
     index = open_faiss_index(old.path / INDEX_FILE, mmap=True)
