@@ -27,7 +27,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -430,24 +430,6 @@ def budgeted_median(func: Callable[[], Any], cfg: Config, runs: list[float] | No
     return statistics.median(runs)
 
 
-def ours(kind: str, index: Any) -> systems.System:
-    """An opened artifact as a :class:`systems.System` (its ``match`` calls)."""
-
-    def top(texts: list[str], k: int) -> tuple[Any, Any]:
-        import numpy as np
-
-        ids = np.full((len(texts), k), None, dtype=object)
-        scores = np.full((len(texts), k), -np.inf, dtype=np.float32)
-        for i, hits in enumerate(index.match(texts, top_k=k)):
-            for j, hit in enumerate(hits):
-                ids[i, j], scores[i, j] = hit["id"], hit["score"]
-        return ids, scores
-
-    return systems.System(name=f"this library {kind}", family="ours", setup_s=0.0,
-                          batch=index.match, single=index.match, top=top,
-                          exact=kind == "flat")  # fmt: skip
-
-
 def score_recall(exact: Any, approx: Any) -> dict[str, float]:
     """Tie-aware recall@1 and @k from score arrays (nq, k), as :func:`recall_figures`."""
     import numpy as np
@@ -524,14 +506,14 @@ def compare_systems(
     ivf = indexes["ivf"]
     catalog = systems.encode_catalog(rows, model_path)
     print(f"  systems: catalog encoded by the raw model in {catalog.encode_s:.1f} s", flush=True)
-    made = [lambda kind=kind: ours(kind, indexes[kind]) for kind in QUERY_KINDS]
+    made = [lambda kind=kind: systems.library(f"this library {kind}", indexes[kind],
+                                              exact=kind == "flat") for kind in QUERY_KINDS]
     made += system_factories(catalog, len(rows), int(ivf.manifest["index"]["nlist"]), ivf.nprobe)
     out, exact_scores, kept = [], {}, {}
     for make in made:
         system = make()
         if system.family == "floor" or system.name in ("this library flat", "this library ivf"):
-            kept[system.name.split(" ")[-1] if system.family == "ours" else
-                 ("floor flat" if system.exact else "floor ivf")] = system  # fmt: skip
+            kept[system.name] = system  # for the paired timing below
         sub = system.family == "upstream" and len(rows) > UPSTREAM_FULL_MAX_ENTITIES
         used = texts[: cfg.upstream_subset] if sub else texts
         figures, scores = system_figures(system, queries, used, truth[: len(used)], singles,
@@ -550,13 +532,20 @@ def compare_systems(
             flush=True,
         )
     paired = []
-    for kind in ("flat", "ivf"):
-        figures = paired_single(kept[kind], kept[f"floor {kind}"], singles, cfg)
-        paired.append({"kind": kind, "floor": kept[f"floor {kind}"].name, **figures})
+    for kind, floor_name in floor_pairs(kept):
+        figures = paired_single(kept[f"this library {kind}"], kept[floor_name], singles, cfg)
+        paired.append({"kind": kind, "floor": floor_name, **figures})
         print(f"  paired single p50, {kind}: ours {figures['ours_p50_ms']:.3f} ms, floor "
               f"{figures['floor_p50_ms']:.3f} ms -> {figures['ratio']:.2f}x",
               flush=True)  # fmt: skip
     return out, paired
+
+
+def floor_pairs(names: Iterable[str]) -> list[tuple[str, str]]:
+    """(our kind, its floor's system name) pairs: flat with the flat floor, IVF with the
+    IVF floor of the same nlist and nprobe."""
+    floor_ivf = next(name for name in names if name.startswith("floor IVF"))
+    return [("flat", "floor flat"), ("ivf", floor_ivf)]
 
 
 def paired_single(
@@ -725,8 +714,7 @@ def check_targets(sizes: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for s in sizes:
         if "paired_floor" not in s and "systems" in s:  # results from before pairing
             named = by_name(s)
-            floor_ivf = next(n for n in named if n.startswith("floor IVF"))
-            for kind, floor_name in (("flat", "floor flat"), ("ivf", floor_ivf)):
+            for kind, floor_name in floor_pairs(named):
                 ratio = (named[f"this library {kind}"]["single"]["p50_ms"]
                          / named[floor_name]["single"]["p50_ms"])  # fmt: skip
                 checks.append(_check(

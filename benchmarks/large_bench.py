@@ -61,12 +61,11 @@ def build(catalog: Path, out: Path, budget: str) -> dict[str, Any]:
     return result
 
 
-def sample_rows(path: Path, count: int) -> list[tuple[str, str, list[str]]]:
-    """About ``count`` evenly spaced (id, name, aliases) rows of a catalog CSV, streamed."""
+def sample_rows(path: Path, total: int, count: int) -> list[tuple[str, str, list[str]]]:
+    """About ``count`` evenly spaced (id, name, aliases) rows of a ``total``-row catalog
+    CSV, streamed."""
     import csv
 
-    with open(path, encoding="utf-8", newline="") as handle:
-        total = sum(1 for _ in handle) - 1
     step = max(1, total // count)
     with open(path, encoding="utf-8", newline="") as handle:
         reader = csv.reader(handle)
@@ -147,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     from novelentitymatcher_faiss import load_index
 
     index = load_index(out)
-    rows = sample_rows(catalog, 20 * args.queries)
+    rows = sample_rows(catalog, args.size, 20 * args.queries)
     singles, _ = artifact_bench.typo_queries(rows, args.queries, 8)
     index.match(singles[:20])
     times = artifact_bench.latencies_ms(index.match, singles)

@@ -6,7 +6,8 @@
 * vicinity (PyPI) with the same model and its ``basic`` (numpy) and ``faiss`` backends;
 * the floor: a raw model2vec encode plus a raw FAISS search of a dense index of the same
   kind, with none of this library's work (no normalizer, no lexical channel, no result
-  dicts).
+  dicts);
+* this library itself, any opened artifact (:func:`library`).
 
 Every system exposes the same three calls: ``batch(texts)`` (its native bulk call, the one
 timed), ``single(text)`` (one query), and ``top(texts, k)`` giving entity ids and scores of
@@ -92,6 +93,31 @@ def _entity_ids(catalog: Catalog, rows: np.ndarray) -> np.ndarray:
     return out
 
 
+def _top_arrays(found: list[list[tuple[str, float]]], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ids object (nq, k), scores float32 (nq, k)) from per-query (id, score) lists, best
+    first; missing hits are None / -inf."""
+    ids = np.full((len(found), k), None, dtype=object)
+    scores = np.full((len(found), k), -np.inf, dtype=np.float32)
+    for i, hits in enumerate(found):
+        for j, (hit_id, score) in enumerate(hits[:k]):
+            ids[i, j], scores[i, j] = hit_id, score
+    return ids, scores
+
+
+def _top_of_results(found: list[Any], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_top_arrays` of results in upstream's shape (a dict or None per query when
+    ``k == 1``, else a list of dicts), which this library's ``match`` shares."""
+    lists = [[hit] if hit else [] for hit in found] if k == 1 else found
+    return _top_arrays([[(h["id"], h["score"]) for h in hits] for hits in lists], k)
+
+
+def library(name: str, index: Any, exact: bool, setup_s: float = 0.0) -> System:
+    """An opened artifact of this library (its ``match`` calls) as a :class:`System`."""
+    return System(name=name, family="ours", setup_s=setup_s, batch=index.match,
+                  single=index.match, exact=exact,
+                  top=lambda texts, k: _top_of_results(index.match(texts, top_k=k), k))  # fmt: skip
+
+
 # ------------------------------------------------------------------------------ upstream
 
 
@@ -121,23 +147,13 @@ def upstream_match(catalog: Catalog, queries: list[str], top_k: int = 1) -> list
 def upstream(catalog: Catalog) -> System:
     """Upstream's method; its set-up is the catalog encode."""
 
-    def top(texts: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
-        found = upstream_match(catalog, texts, top_k=k)
-        ids = np.full((len(texts), k), None, dtype=object)
-        scores = np.full((len(texts), k), -np.inf, dtype=np.float32)
-        for i, hits in enumerate(found):
-            for j, hit in enumerate([hits] if k == 1 else hits):
-                if hit:
-                    ids[i, j], scores[i, j] = hit["id"], hit["score"]
-        return ids, scores
-
     return System(
         name="upstream (zero-shot)",
         family="upstream",
         setup_s=catalog.encode_s,
         batch=lambda texts: upstream_match(catalog, texts),
         single=lambda text: upstream_match(catalog, [text]),
-        top=top,
+        top=lambda texts, k: _top_of_results(upstream_match(catalog, texts, top_k=k), k),
         exact=True,
     )
 
@@ -166,12 +182,8 @@ def vicinity(catalog: Catalog, backend: str, **options: Any) -> System:
 
     def top(texts: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
         found = query(texts, k)
-        ids = np.full((len(texts), k), None, dtype=object)
-        scores = np.full((len(texts), k), -np.inf, dtype=np.float32)
-        for i, hits in enumerate(found):
-            for j, (item, distance) in enumerate(hits[:k]):
-                ids[i, j], scores[i, j] = item, 1.0 - float(distance)
-        return ids, scores
+        return _top_arrays([[(item, 1.0 - float(distance)) for item, distance in hits[:k]]
+                            for hits in found], k)  # fmt: skip
 
     label = backend + (f" {options['index_type']}" if "index_type" in options else "")
     return System(

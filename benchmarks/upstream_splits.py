@@ -65,22 +65,13 @@ def perturb(text: str) -> str:
 
 def our_system(indexed: list[tuple[str, str, list[str]]], folder: Path) -> systems.System:
     """This library's default artifact (auto: flat at this size) as a System."""
-    import numpy as np
-
     from novelentitymatcher_faiss import build_index
 
     started = time.perf_counter()
     index = build_index([{"id": i, "name": n, "aliases": a} for i, n, a in indexed],
                         folder / "ours", show_progress=False)  # fmt: skip
-    setup_s = time.perf_counter() - started
-
-    def top(texts: list[str], k: int) -> tuple[Any, Any]:
-        hits = index.match(texts)
-        ids = np.array([[h["id"] if h else None] for h in hits], dtype=object)
-        return ids, np.array([[h["score"] if h else -np.inf] for h in hits])
-
-    return systems.System(name="this library (auto)", family="ours", setup_s=setup_s,
-                          batch=index.match, single=index.match, top=top, exact=True)  # fmt: skip
+    return systems.library("this library (auto)", index, exact=True,
+                           setup_s=time.perf_counter() - started)
 
 
 def main() -> int:
