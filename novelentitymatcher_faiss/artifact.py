@@ -72,13 +72,26 @@ def list_files(directory: Path) -> list[str]:
     return sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file())
 
 
-def file_records(directory: Path) -> dict[str, dict[str, Any]]:
-    """``{relative path: {"size": int, "sha256": str}}`` for every file but the manifest."""
-    return {
-        name: {"size": (directory / name).stat().st_size, "sha256": sha256_file(directory / name)}
-        for name in list_files(directory)
-        if name != MANIFEST
-    }
+def file_records(
+    directory: Path, reuse: dict[str, dict[str, Any]] | None = None
+) -> dict[str, dict[str, Any]]:
+    """``{relative path: {"size": int, "sha256": str}}`` for every file but the manifest.
+
+    ``reuse``: known records (of hard-linked, unchanged files), taken when the size agrees
+    instead of hashing the file again.
+    """
+    reuse = reuse or {}
+    records = {}
+    for name in list_files(directory):
+        if name == MANIFEST:
+            continue
+        size = (directory / name).stat().st_size
+        known = reuse.get(name)
+        if known is not None and known.get("size") == size:
+            records[name] = known
+        else:
+            records[name] = {"size": size, "sha256": sha256_file(directory / name)}
+    return records
 
 
 def member(directory: Path, name: str) -> Path:

@@ -2,6 +2,11 @@
 
 Per query batch: normalize, encode once, one FAISS ``search``, vectorized best-alias-per-
 entity, threshold, then result dicts in upstream's shape ``{"id", "score", "text"}``.
+
+An updated artifact may be layered (see :mod:`.update`): its own files are the parent's
+(hard links), entities removed since are hidden by a mask (a FAISS ``IDSelectorBitmap`` at
+search time), and added entities live in ``layer-NNN/`` sub-artifacts searched alongside;
+the per-layer top-k are merged.
 """
 
 from __future__ import annotations
@@ -27,13 +32,28 @@ from .artifact import (
     read_manifest,
 )
 from .encoders import Encoder, load_encoder
-from .errors import ArtifactCorruptError, FingerprintMismatchError, QueryError
+from .errors import (
+    ArtifactCorruptError,
+    ArtifactIncompatibleError,
+    FingerprintMismatchError,
+    QueryError,
+)
 from .lexical import LexicalSettings, featurize, lexical_vectors
 from .normalize import NormalizerSettings, normalize_text
 from .search import best_per_entity, search
 from .strings import StringTable
 
 Result = dict[str, Any]
+#: Manifest fields every layer or shard must share (they decide how a query is encoded).
+SHARED_FIELDS = (
+    ("model", "fingerprint"),
+    ("model", "dim"),
+    ("normalizer",),
+    ("lexical",),
+    ("index_dim",),
+    ("metric",),
+    ("max_text_chars",),
+)
 _MODEL_FIELDS: dict[str, Any] = {
     "name": str,
     "backend": str,
@@ -132,6 +152,12 @@ class MatchIndex:
         self._encoder_checked = False
         self._lock = threading.Lock()
         self._id_to_row: dict[str, int] | None = None
+        self._hidden: np.ndarray | None = None  # bool (n_entities,): removed since the build
+        self._selector: Any = None  # IDSelectorBitmap of the visible vector rows
+        self._visible = self.n_entities
+        self.layers: list[MatchIndex] = []
+        if manifest.get("layers"):
+            self._open_layers(manifest["layers"], mmap)
 
     def _check_consistency(self, info: dict[str, Any]) -> None:
         where = self.path / "manifest.json"
@@ -162,6 +188,38 @@ class MatchIndex:
             raise ArtifactCorruptError(
                 f"{where}: " + "; ".join(problems) + "; rebuild the artifact"
             )
+
+    def _open_layers(self, info: dict[str, Any], mmap: bool) -> None:
+        """Open the ``layer-NNN/`` sub-artifacts and apply every segment's hidden mask."""
+        where = self.path / "manifest.json"
+        try:
+            segments = list(info["segments"])
+            masks = [info.get("hidden"), *(entry.get("hidden") for entry in segments)]
+            folders = [member(self.path, entry["dir"]) for entry in segments]
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ArtifactCorruptError(f"{where}: malformed layers field ({exc!r})") from None
+        for folder in folders:
+            layer = MatchIndex(folder, read_manifest(folder), mmap=mmap)
+            check_compatible(self, layer)
+            self.layers.append(layer)
+        for segment, name in zip([self, *self.layers], masks, strict=True):
+            if name is not None:
+                segment._hide(load_array(member(self.path, name), np.bool_, ndim=1))
+
+    def _hide(self, hidden: np.ndarray) -> None:
+        """Hide the entities where ``hidden`` (bool (n_entities,)) is set from every query."""
+        import faiss
+
+        if hidden.shape != (self.n_entities,):
+            raise ArtifactCorruptError(
+                f"{self.path}: hidden-entity mask of shape {hidden.shape} for "
+                f"{self.n_entities} entities; rebuild the artifact"
+            )
+        self._hidden = np.array(hidden, dtype=bool)
+        self._visible = self.n_entities - int(self._hidden.sum())
+        visible_rows = ~self._hidden[np.asarray(self.row_entity)]
+        self._bitmap = np.packbits(visible_rows, bitorder="little")  # FAISS's bit order
+        self._selector = faiss.IDSelectorBitmap(len(visible_rows), faiss.swig_ptr(self._bitmap))
 
     # -- encoder -----------------------------------------------------------------------
     @property
@@ -194,20 +252,31 @@ class MatchIndex:
 
     # -- queries -----------------------------------------------------------------------
     def __len__(self) -> int:
-        return self.n_entities
+        """Entities a query can return (those of every layer, hidden ones excluded)."""
+        return self._visible + sum(len(layer) for layer in self.layers)
 
     def get(self, entity_id: str) -> dict[str, Any] | None:
         """The stored entity record (id, name, aliases, metadata) for ``entity_id``, or None."""
         row = self.row_of(entity_id)
-        return None if row is None else self.entity(row)
+        if row is not None:
+            return self.entity(row)
+        for layer in self.layers:
+            found = layer.get(entity_id)
+            if found is not None:
+                return found
+        return None
 
     def row_of(self, entity_id: str) -> int | None:
-        """The entity row of ``entity_id``, or None (the id map is built at first use)."""
+        """The entity row of ``entity_id`` in this artifact's own files (not its layers), or
+        None, also when hidden (the id map is built at first use)."""
         if self._id_to_row is None:
             with self._lock:
                 if self._id_to_row is None:
                     self._id_to_row = {self.ids[i]: i for i in range(len(self.ids))}
-        return self._id_to_row.get(entity_id)
+        row = self._id_to_row.get(entity_id)
+        if row is not None and self._hidden is not None and self._hidden[row]:
+            return None
+        return row
 
     def entity(self, row: int) -> dict[str, Any]:
         """The stored entity record at entity row ``row``."""
@@ -328,7 +397,19 @@ class MatchIndex:
     ) -> list[list[Result]]:
         if nprobe is not None and (not isinstance(nprobe, int) or nprobe < 1):
             raise QueryError(f"nprobe must be a positive int, got {nprobe!r}")
-        top_k = min(top_k, self.n_entities)
+        found = self._search_own(vectors, top_k, threshold, nprobe)
+        if not self.layers:
+            return found
+        per_layer = [layer._search(vectors, top_k, threshold, nprobe) for layer in self.layers]
+        return merge_hits([found, *per_layer], top_k)
+
+    def _search_own(
+        self, vectors: np.ndarray, top_k: int, threshold: float | None, nprobe: int | None
+    ) -> list[list[Result]]:
+        """:meth:`_search` over this artifact's own index, hidden entities excluded."""
+        if not self._visible:
+            return [[] for _ in vectors]
+        top_k = min(top_k, self._visible)
         fetch = min(self.n_vectors, (top_k - 1) * self._fetch_per_entity + 1)
         scores, rows = search(
             self.index,
@@ -337,6 +418,7 @@ class MatchIndex:
             nprobe=nprobe or self.nprobe,
             vectors=self.vectors,
             rerank=self._rerank,
+            selector=self._selector,
         )
         scores, rows, entities = best_per_entity(scores, rows, self.row_entity, top_k)
         scores = np.clip(scores, -1.0, 1.0)  # float rounding can put a cosine at 1.0000001
@@ -353,10 +435,45 @@ class MatchIndex:
 
     def __repr__(self) -> str:
         info = self.manifest["index"]
+        layers = f", layers={len(self.layers)}" if self.layers else ""
         return (
-            f"MatchIndex({str(self.path)!r}, entities={self.n_entities}, vectors={self.n_vectors}, "
-            f"model={self.manifest['model']['name']!r}, dim={self.dim}, index={info['type']!r})"
+            f"MatchIndex({str(self.path)!r}, entities={len(self)}, vectors={self.n_vectors}, "
+            f"model={self.manifest['model']['name']!r}, dim={self.dim}, index={info['type']!r}"
+            f"{layers})"
         )
+
+
+def _field(manifest: dict[str, Any], keys: tuple[str, ...]) -> Any:
+    value: Any = manifest
+    for key in keys:
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
+
+
+def check_compatible(first: MatchIndex, other: MatchIndex) -> None:
+    """Raise :class:`ArtifactIncompatibleError` unless ``other`` encodes queries like
+    ``first`` (same :data:`SHARED_FIELDS`)."""
+    for keys in SHARED_FIELDS:
+        mine, theirs = _field(first.manifest, keys), _field(other.manifest, keys)
+        if mine != theirs:
+            raise ArtifactIncompatibleError(
+                f"{other.path}: {'.'.join(keys)} is {theirs!r}, but {first.path} has "
+                f"{mine!r}; shards and layers must be built with the same model and settings"
+            )
+
+
+def merge_hits(per_part: list[list[list[Result]]], top_k: int) -> list[list[Result]]:
+    """Per query: the hits of every part (shard or layer), best first, one per entity id,
+    at most ``top_k``."""
+    merged = []
+    for hits in zip(*per_part, strict=True):
+        best: dict[str, Result] = {}
+        for hit in sorted((h for part in hits for h in part), key=lambda h: -h["score"]):
+            best.setdefault(hit["id"], hit)
+            if len(best) == top_k:
+                break
+        merged.append(list(best.values()))
+    return merged
 
 
 def _as_query_list(texts: object) -> list[Any]:

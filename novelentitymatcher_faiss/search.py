@@ -30,18 +30,19 @@ def search_work(index, nq: int, nprobe: int | None) -> int:  # noqa: ANN001 - a 
     return nq * (ivf.nlist + index.ntotal * probed // max(1, ivf.nlist)) * index.d
 
 
-def search_params(index, nprobe: int | None):  # noqa: ANN001, ANN201 - faiss objects
-    """``SearchParameters`` that set ``nprobe`` for this call only (thread-safe), or None."""
+def search_params(index, nprobe: int | None, selector=None):  # noqa: ANN001, ANN201 - faiss objects
+    """``SearchParameters`` for this call only (thread-safe) setting ``nprobe`` and/or an
+    ``IDSelector`` that restricts the vector rows searched; None when neither is given."""
     import faiss
 
-    if nprobe is None:
+    if nprobe is None and selector is None:
         return None
     if isinstance(index, faiss.IndexIVF):
-        return faiss.SearchParametersIVF(nprobe=int(nprobe))
+        return faiss.SearchParametersIVF(nprobe=int(nprobe or index.nprobe), sel=selector)
     if isinstance(index, faiss.IndexPreTransform):
-        inner = search_params(faiss.downcast_index(index.index), nprobe)
+        inner = search_params(faiss.downcast_index(index.index), nprobe, selector)
         return None if inner is None else faiss.SearchParametersPreTransform(index_params=inner)
-    return None
+    return None if selector is None else faiss.SearchParameters(sel=selector)
 
 
 def search(
@@ -52,9 +53,11 @@ def search(
     nprobe: int | None = None,
     vectors: np.ndarray | None = None,
     rerank: int = 0,
+    selector=None,  # noqa: ANN001 - a faiss.IDSelector
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` inner-product search; returns (scores float32 (nq, k), rows int64 (nq, k)).
 
+    ``selector`` (a FAISS ``IDSelector``) restricts the rows that can be returned.
     With ``vectors`` (float32 (n, d), may be a memmap) and ``rerank > 1``,
     ``max(k * rerank, RERANK_MIN_CANDIDATES)`` candidates are fetched and re-scored exactly
     against the stored vectors.
@@ -68,7 +71,7 @@ def search(
     k = max(1, min(k, index.ntotal))
     reranking = vectors is not None and rerank > 1
     fetch = min(index.ntotal, max(k * rerank, RERANK_MIN_CANDIDATES)) if reranking else k
-    params = search_params(index, nprobe)
+    params = search_params(index, nprobe, selector)
     threads = faiss.omp_get_max_threads()
     if len(queries) == 1 or search_work(index, len(queries), nprobe) < SMALL_SEARCH_WORK:
         faiss.omp_set_num_threads(1)

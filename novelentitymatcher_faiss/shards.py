@@ -17,22 +17,20 @@ from typing import Any
 import numpy as np
 
 from .errors import ArtifactCorruptError, ArtifactIncompatibleError, QueryError
-from .match_index import MatchIndex, Result, _check_top_k, load_index
+from .match_index import (
+    MatchIndex,
+    Result,
+    _check_top_k,
+    check_compatible,
+    load_index,
+    merge_hits,
+)
 
 #: A shard set folder (written by a distributed build) lists its shards in this file.
 SET_FILE = "shards.json"
 SET_FORMAT = "nem-faiss-shards"
 SET_FORMAT_VERSION = 1
-#: Manifest fields every shard must share (they decide how a query is encoded).
-SHARED_FIELDS = (
-    ("model", "fingerprint"),
-    ("model", "dim"),
-    ("normalizer",),
-    ("lexical",),
-    ("index_dim",),
-    ("metric",),
-    ("max_text_chars",),
-)
+
 
 
 def load_shards(
@@ -70,26 +68,13 @@ def _set_members(folder: Path) -> list[Path]:
     return [folder / name for name in names]
 
 
-def _field(manifest: dict[str, Any], keys: tuple[str, ...]) -> Any:
-    value: Any = manifest
-    for key in keys:
-        value = value.get(key) if isinstance(value, dict) else None
-    return value
-
-
 class ShardedIndex:
     """Opened artifacts searched together; ``match`` has :meth:`MatchIndex.match`'s shape."""
 
     def __init__(self, shards: list[MatchIndex]) -> None:
         first = shards[0]
         for shard in shards[1:]:
-            for keys in SHARED_FIELDS:
-                mine, theirs = _field(first.manifest, keys), _field(shard.manifest, keys)
-                if mine != theirs:
-                    raise ArtifactIncompatibleError(
-                        f"{shard.path}: {'.'.join(keys)} is {theirs!r}, but {first.path} has "
-                        f"{mine!r}; shards must be built with the same model and settings"
-                    )
+            check_compatible(first, shard)
         self.shards = shards
         self.dim = first.dim
 
@@ -128,26 +113,14 @@ class ShardedIndex:
         """As :meth:`MatchIndex.search_vectors`, over every shard."""
         per_shard = [shard.search_vectors(queries, top_k, threshold, nprobe)
                      for shard in self.shards]  # fmt: skip
-        return _merge(per_shard, _check_top_k(top_k))
+        return merge_hits(per_shard, _check_top_k(top_k))
 
     def _search(
         self, vectors: np.ndarray, top_k: int, threshold: float | None, nprobe: int | None
     ) -> list[list[Result]]:
         per_shard = [shard._search(vectors, top_k, threshold, nprobe) for shard in self.shards]
-        return _merge(per_shard, top_k)
+        return merge_hits(per_shard, top_k)
 
     def __repr__(self) -> str:
         return f"ShardedIndex({len(self.shards)} shards, entities={len(self)})"
 
-
-def _merge(per_shard: list[list[list[Result]]], top_k: int) -> list[list[Result]]:
-    """Per query: every shard's hits, best first, one per entity id, at most ``top_k``."""
-    merged = []
-    for hits in zip(*per_shard, strict=True):
-        best: dict[str, Result] = {}
-        for hit in sorted((h for shard in hits for h in shard), key=lambda h: -h["score"]):
-            best.setdefault(hit["id"], hit)
-            if len(best) == top_k:
-                break
-        merged.append(list(best.values()))
-    return merged

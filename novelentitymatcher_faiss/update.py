@@ -1,16 +1,28 @@
 """Catalog changes without a full re-encode: a new artifact from an old one plus a diff.
 
-Unchanged entities keep their vector rows: copied from the old ``vectors.npy``, rebuilt from
-a flat index, or, for IVF indexes with plain inverted lists (``ivf``, ``ivf-sq8``), kept as
-their stored codes in the same lists (no re-assignment). Only added entities are encoded,
-with the old artifact's model, normalizer and lexical settings. The IVF quantizer, codes'
-training and nprobe carry over; the new manifest records its lineage. The old artifact is
-never modified.
+Two ways, picked per update (``compact``):
+
+* **Layer** (the default while the changes stay small): the new artifact hard-links every
+  file of the old one (a copy where links are not possible), hides removed and replaced
+  entities with a mask, and writes the added entities as a small sub-artifact
+  ``layer-NNN/`` that shares the old index's trained quantizer and codes' training. Only
+  added entities are encoded and only they are written, so the update costs little more
+  than encoding them. Queries search the old index (hidden rows excluded by a FAISS
+  ``IDSelectorBitmap``) and each layer, and merge the top-k.
+* **Compact**: a single-index artifact. Unchanged entities keep their vector rows: copied
+  from the old ``vectors.npy``, rebuilt from a flat index, or, for IVF indexes with plain
+  inverted lists (``ivf``, ``ivf-sq8``), kept as their stored codes in the same lists (no
+  re-assignment). Entities of earlier layers and added ones are encoded.
+
+Either way the old artifact's model, normalizer, lexical settings, IVF quantizer and nprobe
+carry over, the new manifest records its lineage, and the old artifact is never modified
+(hard-linked files are only ever read).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from collections.abc import Iterable, Mapping
@@ -34,7 +46,7 @@ from .artifact import (
     sha256_file,
     write_manifest,
 )
-from .build import CatalogWriter, _open_fresh
+from .build import CatalogWriter, _open_fresh, build_index
 from .catalog import read_catalog
 from .encoders import Encoder
 from .errors import ArtifactError, ArtifactExistsError, CatalogError
@@ -42,6 +54,11 @@ from .match_index import MatchIndex, load_index
 from .search import iter_chunks
 
 _CHUNK = 65536
+#: ``compact=None`` writes a layer while the layers (with this update) hold at most this
+#: share of the base's entities, there are fewer than ``MAX_LAYERS`` and at most this share
+#: of the base is hidden; otherwise it compacts.
+LAYER_MAX_SHARE = 0.25
+MAX_LAYERS = 8
 
 
 def update_index(
@@ -54,14 +71,17 @@ def update_index(
     batch_size: int = 1024,
     show_progress: bool = True,
     encoder: Encoder | None = None,
+    compact: bool | None = None,
 ) -> MatchIndex:
     """Write to ``out`` the artifact at ``path`` with entities ``remove``d and ``add``ed.
 
     ``add`` takes what :func:`~novelentitymatcher_faiss.build_index` takes (entity dicts or
     a CSV/JSONL/JSON path); an added id that already exists replaces that entity. ``remove``
-    lists ids that must exist. ``out`` must differ from ``path``; it is written atomically
-    and replaces an existing artifact only with ``overwrite=True``. Returns the new artifact,
-    opened. ``encoder`` reuses an already loaded encoder (its fingerprint must match).
+    lists ids that must exist. ``compact``: True writes a single-index artifact, False a
+    layered one (see the module docs), None decides by size (``LAYER_MAX_SHARE``,
+    ``MAX_LAYERS``). ``out`` must differ from ``path``; it is written atomically and replaces
+    an existing artifact only with ``overwrite=True``. Returns the new artifact, opened.
+    ``encoder`` reuses an already loaded encoder (its fingerprint must match).
     """
     started = time.perf_counter()
     old = load_index(path, encoder=encoder)
@@ -71,60 +91,207 @@ def update_index(
             f"{out}: the output must differ from the artifact being updated (it stays readable)"
         )
     added = list(read_catalog(add)) if add is not None else []
-    dropped, replaced = _dropped_rows(old, remove, added)
-    if not added and not dropped.any():
+    masks, removed, replaced = _hidden_after(old, remove, added)
+    if not added and not removed:
         raise CatalogError("nothing to update: give entities to add or ids to remove")
-    if not added and dropped.all():
+    if not added and all(mask.all() for mask in masks):
         raise CatalogError("the update would remove every entity; an artifact needs one")
-    index_kind = _index_kind(old)
-    encoder = old.encoder  # loaded and fingerprint-checked before anything is written
+    old.encoder  # noqa: B018 - loaded and fingerprint-checked before anything is written
+    changes = {"added_entities": len(added) - replaced, "replaced_entities": replaced,
+               "removed_entities": removed}  # fmt: skip
+    if compact is None:
+        compact = _should_compact(old, masks[0], len(added))
+    write = _write_compacted if compact else _write_layer
     with atomic_directory(target, overwrite=overwrite) as tmp:
-        writer = CatalogWriter(tmp, encoder, old.lexical, old.normalizer, batch_size)
-        kept_rows = _copy_kept(old, dropped, writer)
-        for entity in tqdm(added, desc="encoding added entities", unit=" entities",
-                           disable=not show_progress or not added):  # fmt: skip
-            writer.add(entity)
-        counts = writer.close()
-        vectors = load_array(tmp / VECTORS_FILE, np.float32, ndim=2)
-        new_vectors = vectors[len(vectors) - (counts["vectors"] - int(kept_rows.sum())) :]
-        index = _new_index(old, index_kind, kept_rows, vectors, new_vectors)
-        import faiss
-
-        faiss.write_index(index, str(tmp / INDEX_FILE))
-        del index, vectors, new_vectors
-        if old.vectors is None:
-            (tmp / VECTORS_FILE).unlink()
-        if old.manifest["model"].get("bundled"):
-            shutil.copytree(old.path / MODEL_DIR, tmp / MODEL_DIR)
-        changes = {"added_entities": len(added) - replaced, "replaced_entities": replaced,
-                   "removed_entities": int(dropped.sum()) - replaced}  # fmt: skip
-        manifest = _manifest(old, counts, kept_rows, changes, started)
-        manifest["files"] = file_records(tmp)
-        write_manifest(tmp, manifest)
+        write(old, tmp, masks, added, changes, started, batch_size, show_progress)
     return _open_fresh(target)
 
 
-def _dropped_rows(
+def _hidden_after(
     old: MatchIndex, remove: Iterable[str], added: list[dict[str, Any]]
-) -> tuple[np.ndarray, int]:
-    """bool (n_entities,): entities removed, or replaced by an added entity of the same id;
-    and how many were replaced."""
+) -> tuple[list[np.ndarray], int, int]:
+    """Per segment (the old artifact's own index, then each layer): bool (n_entities,) of
+    the entities hidden after the update (already hidden, removed, or replaced by an added
+    entity of the same id); and how many were removed and replaced."""
     if isinstance(remove, str):
         raise CatalogError("remove takes a list of ids, not a single string")
     remove = list(remove)
     bad = [entity_id for entity_id in remove if not isinstance(entity_id, str)]
     if bad:
         raise CatalogError(f"ids to remove must be strings, got {bad[0]!r}")
-    rows = [old.row_of(entity_id) for entity_id in remove]
-    missing = [entity_id for entity_id, row in zip(remove, rows, strict=True) if row is None]
+    segments = [old, *old.layers]
+    masks = [np.zeros(s.n_entities, bool) if s._hidden is None else s._hidden.copy()
+             for s in segments]  # fmt: skip
+
+    def hide(entity_id: str) -> bool:
+        for mask, segment in zip(masks, segments, strict=True):
+            row = segment.row_of(entity_id)
+            if row is not None and not mask[row]:
+                mask[row] = True
+                return True
+        return False
+
+    missing = [entity_id for entity_id in remove if not hide(entity_id)]
     if missing:
         shown = ", ".join(repr(m) for m in missing[:5]) + (" ..." if len(missing) > 5 else "")
         raise CatalogError(f"cannot remove {len(missing)} id(s) not in {old.path}: {shown}")
-    dropped = np.zeros(old.n_entities, dtype=bool)
-    dropped[rows] = True
-    replaced = [row for row in (old.row_of(e["id"]) for e in added) if row is not None]
-    dropped[replaced] = True
-    return dropped, len(replaced)
+    replaced = sum(hide(entity["id"]) for entity in added)
+    return masks, len(remove), replaced
+
+
+def _should_compact(old: MatchIndex, base_hidden: np.ndarray, n_added: int) -> bool:
+    layered = sum(layer.n_entities for layer in old.layers) + n_added
+    return (
+        len(old.layers) + bool(n_added) > MAX_LAYERS
+        or layered > LAYER_MAX_SHARE * old.n_entities
+        or base_hidden.sum() > LAYER_MAX_SHARE * old.n_entities
+    )
+
+
+def _write_layer(
+    old: MatchIndex,
+    tmp: Path,
+    masks: list[np.ndarray],
+    added: list[dict[str, Any]],
+    changes: dict[str, int],
+    started: float,
+    batch_size: int,
+    show_progress: bool,
+) -> None:
+    """Hard-link the old artifact into ``tmp``, add a layer for ``added``, write masks."""
+    info = old.manifest.get("layers") or {"segments": []}
+    old_masks = {info.get("hidden"), *(entry.get("hidden") for entry in info["segments"])}
+    records = {}
+    for name, record in old.manifest["files"].items():
+        if name not in old_masks:  # masks are rewritten, never written through a link
+            _link_or_copy(old.path / name, tmp / name)
+            records[name] = record
+    segments = [{"dir": entry["dir"]} for entry in info["segments"]]
+    if added:
+        number = 1 + max((int(entry["dir"].rsplit("-", 1)[1]) for entry in segments), default=0)
+        folder = f"layer-{number:03d}"
+        _build_layer(old, added, tmp / folder, batch_size, show_progress)
+        segments.append({"dir": folder})
+        masks = [*masks, np.zeros(0, bool)]
+    names = []
+    for number, mask in enumerate(masks):
+        name = f"hidden-{number:03d}-{os.urandom(4).hex()}.npy" if mask.any() else None
+        if name:
+            np.save(tmp / name, mask, allow_pickle=False)
+        names.append(name)
+    for entry, name in zip(segments, names[1:], strict=True):
+        entry["hidden"] = name
+    old_segments = [old, *old.layers]
+    reused = sum(int((~mask[np.asarray(segment.row_entity)]).sum())
+                 for segment, mask in zip(old_segments, masks, strict=False))  # fmt: skip
+    encoded = _counts(tmp / segments[-1]["dir"])["vectors"] if added else 0
+    manifest = _manifest(old, old.manifest["counts"], changes, started, reused, encoded)
+    layer_entities = [_counts(tmp / entry["dir"])["entities"] for entry in segments]
+    manifest["layers"] = {
+        "hidden": names[0],
+        "segments": segments,
+        "entities": sum(len(mask) - int(mask.sum()) for mask in masks[:1])
+        + sum(n - int(m.sum()) for n, m in zip(layer_entities, masks[1:], strict=True)),
+    }
+    manifest["files"] = file_records(tmp, reuse=records)
+    write_manifest(tmp, manifest)
+
+
+def _counts(folder: Path) -> dict[str, int]:
+    return json.loads((folder / MANIFEST).read_text(encoding="utf-8"))["counts"]
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """Hard-link ``src`` to ``dst`` (parents created); copy where linking fails."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _build_layer(
+    old: MatchIndex, added: list[dict[str, Any]], folder: Path, batch_size: int, progress: bool
+) -> None:
+    """A sub-artifact of ``added`` encoded and indexed like ``old`` (same trained index)."""
+    info = old.manifest["index"]
+    build_index(
+        added,
+        folder,
+        encoder=old.encoder,
+        index_type="flat" if info["type"] == "flat" else info["factory"],
+        normalize=old.normalizer,
+        lexical=old.lexical or False,
+        nprobe=old.nprobe,
+        rerank=old._rerank,
+        keep_vectors=old.vectors is not None,
+        trained=None if info["type"] == "flat" else _emptied(old),
+        batch_size=batch_size,
+        show_progress=progress,
+        extra_manifest={"layer": True},
+    )
+
+
+def _emptied(old: MatchIndex) -> Any:
+    """The old artifact's index, read again, with its inverted lists emptied: trained
+    quantizer and codes, no vectors."""
+    import faiss
+
+    index = open_faiss_index(old.path / INDEX_FILE, mmap=True)
+    try:
+        ivf = faiss.extract_index_ivf(index)
+    except RuntimeError:
+        raise ArtifactError(
+            f"cannot add a layer to {old.path}: its {type(index).__name__} index is not IVF "
+            "or flat; update with compact=True"
+        ) from None
+    if isinstance(faiss.downcast_InvertedLists(ivf.invlists), faiss.BlockInvertedLists):
+        lists = _empty_like(ivf)
+    else:
+        lists = faiss.ArrayInvertedLists(ivf.nlist, ivf.code_size)
+    ivf.replace_invlists(lists, True)
+    lists.this.disown()  # the index owns it now
+    ivf.ntotal = index.ntotal = 0
+    return index
+
+
+def _write_compacted(
+    old: MatchIndex,
+    tmp: Path,
+    masks: list[np.ndarray],
+    added: list[dict[str, Any]],
+    changes: dict[str, int],
+    started: float,
+    batch_size: int,
+    show_progress: bool,
+) -> None:
+    """A single-index artifact: the old index's visible entities (vector rows reused) plus
+    the visible entities of its layers and ``added`` (encoded)."""
+    carried = [layer.entity(row) for layer, mask in zip(old.layers, masks[1:], strict=True)
+               for row in np.flatnonzero(~mask)]  # fmt: skip
+    dropped = masks[0]
+    index_kind = _index_kind(old)
+    writer = CatalogWriter(tmp, old.encoder, old.lexical, old.normalizer, batch_size)
+    kept_rows = _copy_kept(old, dropped, writer)
+    for entity in tqdm(carried + added, desc="encoding added entities", unit=" entities",
+                       disable=not show_progress or not (carried or added)):  # fmt: skip
+        writer.add(entity)
+    counts = writer.close()
+    vectors = load_array(tmp / VECTORS_FILE, np.float32, ndim=2)
+    new_vectors = vectors[len(vectors) - (counts["vectors"] - int(kept_rows.sum())) :]
+    index = _new_index(old, index_kind, kept_rows, vectors, new_vectors)
+    import faiss
+
+    faiss.write_index(index, str(tmp / INDEX_FILE))
+    del index, vectors, new_vectors
+    if old.vectors is None:
+        (tmp / VECTORS_FILE).unlink()
+    if old.manifest["model"].get("bundled"):
+        shutil.copytree(old.path / MODEL_DIR, tmp / MODEL_DIR)
+    reused = int(kept_rows.sum())
+    manifest = _manifest(old, counts, changes, started, reused, counts["vectors"] - reused)
+    manifest["files"] = file_records(tmp)
+    write_manifest(tmp, manifest)
 
 
 def _index_kind(old: MatchIndex) -> str:
@@ -237,9 +404,10 @@ def _empty_like(ivf: Any) -> Any:
 def _manifest(
     old: MatchIndex,
     counts: dict[str, int],
-    kept_rows: np.ndarray,
     changes: dict[str, int],
     started: float,
+    reused: int,
+    encoded: int,
 ) -> dict[str, Any]:
     """The old manifest with new counts and time stamps, and a lineage record."""
     manifest = json.loads(json.dumps(old.manifest))
@@ -247,10 +415,11 @@ def _manifest(
         "path": str(old.path),
         "created_at": old.manifest.get("created_at"),
         "manifest_sha256": sha256_file(old.path / MANIFEST),
-        "entities": old.n_entities,
-        "vectors": old.n_vectors,
+        "entities": len(old),
+        "vectors": old.n_vectors + sum(layer.n_vectors for layer in old.layers),
     }
-    manifest.pop("files", None)
+    for key in ("files", "layers"):
+        manifest.pop(key, None)
     manifest.update(
         library_version=__version__,
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
@@ -259,8 +428,8 @@ def _manifest(
         lineage={
             "parents": [parent, *old.manifest.get("lineage", {}).get("parents", [])],
             **changes,
-            "reused_vectors": int(kept_rows.sum()),
-            "encoded_vectors": counts["vectors"] - int(kept_rows.sum()),
+            "reused_vectors": reused,
+            "encoded_vectors": encoded,
         },
     )
     manifest["index"]["nprobe_source"] = "parent" if manifest["index"]["nprobe"] else None

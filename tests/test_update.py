@@ -10,6 +10,7 @@ import csv
 import hashlib
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 
@@ -55,20 +56,29 @@ def digest(path: Path) -> dict[str, str]:
             if p.is_file()}  # fmt: skip
 
 
+def all_vectors(index) -> int:
+    """Vector rows of an artifact and its layers (hidden ones included)."""
+    return index.n_vectors + sum(layer.n_vectors for layer in index.layers)
+
+
 def hits(index, queries: list[str], **kw) -> list[list[tuple[str, str]]]:
     return [[(h["id"], h["text"]) for h in found] for found in index.match(queries, top_k=3, **kw)]
 
 
-def test_flat_update_equals_a_fresh_build_and_leaves_the_old_artifact(change, fresh_flat,
-                                                                       tmp_path):  # fmt: skip
+@pytest.mark.parametrize("compact", [True, False])
+def test_flat_update_equals_a_fresh_build_and_leaves_the_old_artifact(
+    compact, change, fresh_flat, tmp_path
+):
     old = build_index(change["old"], tmp_path / "old", index_type="flat", show_progress=False)
     before = digest(old.path)
     new = update_index(old.path, tmp_path / "new", add=change["add"], remove=change["remove"],
-                       show_progress=False)  # fmt: skip
+                       show_progress=False, compact=compact)  # fmt: skip
     assert digest(old.path) == before
     assert len(load_index(old.path, verify="full")) == 800
     assert len(new) == len(fresh_flat) == len(change["final"])
-    assert new.n_vectors == fresh_flat.n_vectors
+    assert len(new.layers) == (0 if compact else 1)
+    visible = new.n_vectors if compact else all_vectors(new) - 5 * 2 - 80 * 2
+    assert visible == fresh_flat.n_vectors  # every MCC entity has one alias: 2 rows each
     assert hits(new, change["queries"]) == hits(fresh_flat, change["queries"])
     a = new.match(change["queries"], top_k=3)
     b = fresh_flat.match(change["queries"], top_k=3)
@@ -81,19 +91,29 @@ def test_flat_update_equals_a_fresh_build_and_leaves_the_old_artifact(change, fr
     assert lineage["added_entities"] == 181
     assert lineage["replaced_entities"] == 5
     assert lineage["removed_entities"] == len(change["remove"])
-    assert lineage["reused_vectors"] + lineage["encoded_vectors"] == new.n_vectors
-    assert lineage["encoded_vectors"] < new.n_vectors / 3
+    assert lineage["reused_vectors"] + lineage["encoded_vectors"] == fresh_flat.n_vectors
+    assert lineage["encoded_vectors"] < fresh_flat.n_vectors / 3
     assert lineage["parents"][0]["manifest_sha256"] == before["manifest.json"]
     load_index(new.path, verify="full")
 
 
-@pytest.mark.parametrize("kind", ["ivf", "ivf-sq8", "ivf-pq"])
-def test_ivf_update_keeps_lists_and_matches_a_fresh_build(kind, change, fresh_flat, tmp_path):
+@pytest.mark.parametrize(("kind", "compact"), [("ivf", True), ("ivf-sq8", True),
+                                               ("ivf-pq", True), ("ivf", False),
+                                               ("ivf-pq", False)])  # fmt: skip
+def test_ivf_update_keeps_lists_and_matches_a_fresh_build(kind, compact, change, fresh_flat,
+                                                          tmp_path):  # fmt: skip
     old = build_index(change["old"], tmp_path / "old", index_type=kind, nlist=NLIST,
                       show_progress=False)  # fmt: skip
     new = update_index(old.path, tmp_path / "new", add=change["add"], remove=change["remove"],
-                       show_progress=False)  # fmt: skip
-    assert new.index.ntotal == new.n_vectors == fresh_flat.n_vectors
+                       show_progress=False, compact=compact)  # fmt: skip
+    if compact:
+        assert new.index.ntotal == new.n_vectors == fresh_flat.n_vectors
+    else:  # the layer shares the old index's trained quantizer and codes' training
+        layer = new.layers[0]
+        assert layer.manifest["index"]["factory"] == old.manifest["index"]["factory"]
+        centroids = [faiss.extract_index_ivf(i.index).quantizer.reconstruct_n(0, NLIST)
+                     for i in (old, layer)]  # fmt: skip
+        np.testing.assert_array_equal(*centroids)
     assert new.nprobe == old.nprobe
     assert new.manifest["index"]["factory"] == old.manifest["index"]["factory"]
     assert new.manifest["index"]["nprobe_source"] == "parent"
@@ -152,11 +172,18 @@ def test_bad_updates_are_clear_errors_and_write_nothing(change, tmp_path):
     assert len(load_index(old.path, verify="full")) == 800
 
 
-def test_lossy_index_without_vectors_cannot_be_updated(change, tmp_path):
+def test_lossy_index_without_vectors_takes_layers_but_cannot_be_compacted(change, tmp_path):
     old = build_index(change["old"], tmp_path / "old", index_type="IVF16,PQ8x4fs", rerank=0,
                       nprobe=NLIST, show_progress=False)  # fmt: skip
     with pytest.raises(ArtifactError, match="keep_vectors=True"):
-        update_index(old.path, tmp_path / "new", remove=change["remove"], show_progress=False)
+        update_index(old.path, tmp_path / "new", remove=change["remove"], show_progress=False,
+                     compact=True)  # fmt: skip
+    assert not (tmp_path / "new").exists()
+    new = update_index(old.path, tmp_path / "new", remove=change["remove"], show_progress=False)
+    assert len(new) == 800 - len(change["remove"])
+    gone = set(change["remove"])
+    found = new.match([e["name"] for e in change["old"][::10]], top_k=5)
+    assert not any(hit["id"] in gone for hits in found for hit in hits)
 
 
 def test_cli_update(change, tmp_path, capsys):
@@ -176,3 +203,46 @@ def test_cli_update(change, tmp_path, capsys):
     assert cli_main(argv) == 2  # --out exists
     assert "already exists" in capsys.readouterr().err
     assert len(load_index(tmp_path / "new")) == len(change["final"])
+
+
+def test_layered_updates_chain_compact_and_answer_like_a_fresh_build(change, fresh_flat,
+                                                                     tmp_path):  # fmt: skip
+    old, add, remove = change["old"], change["add"], change["remove"]
+    v1 = build_index(old, tmp_path / "v1", index_type="flat", show_progress=False)
+    v2 = update_index(v1.path, tmp_path / "v2", add=add[:100], remove=remove[:40],
+                      show_progress=False)  # fmt: skip
+    # v3 removes an entity that lives in v2's layer and replaces another one there
+    in_layer = add[99]["id"]
+    v3 = update_index(v2.path, tmp_path / "v3", add=[*add[100:], add[98]],
+                      remove=[*remove[40:], in_layer], show_progress=False)  # fmt: skip
+    assert [len(v.layers) for v in (v1, v2, v3)] == [0, 1, 2]
+    assert v3.get(in_layer) is None and v3.get(add[98]["id"]) == fresh_flat.get(add[98]["id"])
+    final = [e for e in change["final"] if e["id"] != in_layer]
+    assert len(v3) == len(final)
+    queries = change["queries"]
+    # the reference: a fresh build of the same final catalog
+    fresh = build_index(final, tmp_path / "fresh", index_type="flat", show_progress=False)
+    assert hits(v3, queries) == hits(fresh, queries)
+    compacted = update_index(v3.path, tmp_path / "v4", add=[old[2]], compact=True,
+                             show_progress=False)  # fmt: skip
+    assert compacted.layers == [] and compacted.n_vectors == fresh.n_vectors
+    assert hits(compacted, queries) == hits(fresh, queries)
+    # the base index is the parent's file, hard-linked: nothing was copied
+    base = (v1.path / "index.faiss").stat().st_ino
+    assert all((v.path / "index.faiss").stat().st_ino == base for v in (v2, v3))
+    load_index(v3.path, verify="full")
+    for stale in (v1.path, v2.path):  # each version stands alone once written
+        for path in sorted(stale.rglob("*"), reverse=True):
+            path.unlink() if path.is_file() else path.rmdir()
+    assert hits(load_index(v3.path, verify="full"), queries) == hits(fresh, queries)
+
+
+def test_damaged_hidden_mask_is_detected(change, tmp_path):
+    v1 = build_index(change["old"], tmp_path / "v1", index_type="flat", show_progress=False)
+    v2 = update_index(v1.path, tmp_path / "v2", remove=change["remove"], show_progress=False)
+    mask = v2.path / v2.manifest["layers"]["hidden"]
+    data = bytearray(mask.read_bytes())
+    data[-1] ^= 1
+    mask.write_bytes(bytes(data))  # a different inode: v1 is untouched
+    with pytest.raises(ArtifactError, match="sha256"):
+        load_index(v2.path, verify="full")
