@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import re
 
-#: Kinds in order of preference for ``index_type="auto"`` with a budget (most accurate first).
-BUDGET_KINDS = ("ivf", "ivf-sq8", "ivf-pq")
+#: Kinds in order of preference for ``index_type="auto"`` with a budget (most accurate
+#: first). All keep their codes memory-mapped; "ivf-pq" (fast-scan, read into RAM when the
+#: index opens, and twice ivf-pq8's size) is left to explicit requests.
+BUDGET_KINDS = ("ivf", "ivf-sq8", "ivf-pq8")
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
           "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}  # fmt: skip
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?I?B?)\s*$", re.IGNORECASE)
@@ -43,6 +45,9 @@ def index_bytes(kind: str, n: int, d: int, nlist: int) -> int:
         return n * (4 * d + 8) + centroids
     if kind == "ivf-sq8":
         return n * (d + 8) + centroids + 8 * d  # + per-dimension min and range
+    if kind == "ivf-pq8":  # PQ{d/8}: 8-bit codes of 8-dimension sub-vectors
+        code = d // 8 if d % 8 == 0 else d
+        return n * (code + 8) + centroids + 256 * d * 4
     code = -(-d // 4)  # PQ{d/2}x4fs: d/2 sub-quantizers of 4 bits
     codebooks = (d // 2) * 16 * 2 * 4
     return n * (code + 8) + centroids + codebooks + nlist * 32 * code
@@ -59,6 +64,6 @@ def pick_kind(n: int, d: int, nlist: int, budget: int, flat_max_vectors: int) ->
     need = index_bytes(BUDGET_KINDS[-1], n, d, nlist)
     raise ValueError(
         f"memory_budget of {budget:,} bytes is below the smallest index for {n:,} vectors of "
-        f"dimension {d} (ivf-pq needs about {need:,} bytes); raise the budget, lower the "
-        "dimension (embedding_dim) or shard the catalog"
+        f"dimension {d} ({BUDGET_KINDS[-1]} needs about {need:,} bytes); raise the budget, "
+        "lower the dimension (embedding_dim) or shard the catalog"
     )

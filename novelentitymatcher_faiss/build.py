@@ -50,7 +50,13 @@ AUTO_FLAT_MAX_VECTORS = 100_000
 #: From this many IVF lists on, the coarse quantizer is an HNSW graph over the centroids:
 #: assigning each of millions of vectors then costs a graph walk, not nlist inner products.
 HNSW_QUANTIZER_MIN_NLIST = 8192
-INDEX_TYPES = ("auto", "flat", "ivf", "ivf-sq8", "ivf-pq")
+INDEX_TYPES = ("auto", "flat", "ivf", "ivf-sq8", "ivf-pq", "ivf-pq8")
+#: The default nlist stops growing here: k-means cost grows with nlist squared.
+MAX_DEFAULT_NLIST = 8192
+#: IVF training takes 64 vectors per list, but no more than this (and never under 40 per
+#: list), with ``LARGE_NITER`` k-means iterations from ``HNSW_QUANTIZER_MIN_NLIST`` lists.
+TRAIN_SAMPLE_CAP = 320_000
+LARGE_NITER = 10
 _ADD_CHUNK = 65536
 TUNING_QUERIES = 1000
 #: nprobe tuning also requires this top-1 agreement with exact search.
@@ -75,6 +81,7 @@ def build_index(
     keep_vectors: bool = False,
     lexical: LexicalSettings | bool | None = True,
     target_recall: float = 0.95,
+    target_top1: float = TOP1_TARGET,
     seed: int = 0,
     encoder: Encoder | None = None,
     extra_manifest: Mapping[str, Any] | None = None,
@@ -84,16 +91,17 @@ def build_index(
     """Encode ``entities`` and write a memory-mappable FAISS artifact to ``path``.
 
     ``index_type``: "flat", "ivf", "ivf-sq8", "ivf-pq" (4-bit fast-scan PQ with exact
-    re-rank of ``rerank`` x candidates from stored vectors, default 4), "auto" (flat below
+    re-rank of ``rerank`` x candidates from stored vectors, default 4), "ivf-pq8" (8-bit PQ,
+    d/8 bytes per vector, lists memory-mapped like "ivf"; re-rank as "ivf-pq"), "auto" (flat below
     ``AUTO_FLAT_MAX_VECTORS`` vectors, else "ivf") or any FAISS factory string. For IVF
     indexes ``nprobe`` defaults to the smallest value whose recall@10 against exact search
     (FAISS's R@10: the exact nearest neighbour is among the 10 returned), on typo'd samples
     of the catalog's own texts, reaches ``target_recall``, and whose recall@1 (the top hit is
-    the exact one) reaches ``TOP1_TARGET``. ``trained``: an empty, trained FAISS index of
+    the exact one) reaches ``target_top1``. ``trained``: an empty, trained FAISS index of
     the same factory to fill instead of training one (shards of a distributed build share
     their coarse quantizer that way). ``memory_budget`` (bytes, or ``"2GB"``, ``"512MiB"``):
     with ``index_type="auto"`` the most accurate kind whose index fits it (flat, ivf,
-    ivf-sq8, then ivf-pq with exact re-rank from the on-disk vectors); with an explicit kind,
+    ivf-sq8, then ivf-pq8 with exact re-rank from the on-disk vectors); with an explicit kind,
     a warning when the index will not fit. IVF indexes of ``HNSW_QUANTIZER_MIN_NLIST`` lists
     or more get an HNSW coarse quantizer.
     Returns the opened :class:`~novelentitymatcher_faiss.match_index.MatchIndex`.
@@ -120,13 +128,13 @@ def build_index(
         kind, factory, n_list = _choose_index(
             index_type, len(vectors), vectors.shape[1], nlist, budget
         )
-        rerank = (4 if kind == "ivf-pq" else 0) if rerank is None else rerank
+        rerank = (4 if kind in ("ivf-pq", "ivf-pq8") else 0) if rerank is None else rerank
         index = _train_and_add(factory, vectors, seed, show_progress, trained)
         tuning: list[dict[str, float]] = []
         if n_list:
             queries = _typo_queries(tmp, encoder, lexical, settings, seed)
             nprobe, tuning = _tune_nprobe(
-                index, vectors, queries, n_list, nprobe, target_recall, rerank
+                index, vectors, queries, n_list, nprobe, (target_recall, target_top1), rerank
             )
         import faiss
 
@@ -325,8 +333,9 @@ def _encode_catalog(
 
 
 def default_nlist(n: int) -> int:
-    """About 4 * sqrt(n) lists, capped so each list gets >= 39 training vectors."""
-    return max(1, min(int(4 * math.sqrt(n)), n // 39))
+    """About 4 * sqrt(n) lists, at most ``MAX_DEFAULT_NLIST``, and few enough that each list
+    gets >= 39 training vectors."""
+    return max(1, min(int(4 * math.sqrt(n)), MAX_DEFAULT_NLIST, n // 39))
 
 
 def _choose_index(
@@ -359,6 +368,10 @@ def _choose_index(
         # training takes minutes on two cores; exact re-rank restores the ranking.
         m = d // 2 if d % 2 == 0 else d
         return kind, f"{coarse},PQ{m}x4fs", n_list
+    if kind == "ivf-pq8":
+        # 8-bit PQ of 8-dimension sub-vectors: plain inverted lists, so the codes stay
+        # memory-mapped (fast-scan lists are read into RAM when the index opens).
+        return kind, f"{coarse},PQ{d // 8 if d % 8 == 0 else d}", n_list
     import faiss
 
     try:
@@ -377,7 +390,8 @@ def _choose_index(
 
 def training_sample_size(factory: str, d: int) -> int:
     """How many vectors :func:`new_trained_index` trains ``factory`` on: 64 per IVF list
-    (at least 9,984), or 9,984 for other trained indexes."""
+    up to ``TRAIN_SAMPLE_CAP`` (but 40 per list at least, and 9,984 at least), or 9,984 for
+    other trained indexes."""
     import faiss
 
     index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
@@ -385,7 +399,7 @@ def training_sample_size(factory: str, d: int) -> int:
         n_list = faiss.extract_index_ivf(index).nlist
     except RuntimeError:
         n_list = 0
-    return max(256 * 39, 64 * n_list)
+    return max(256 * 39, min(64 * n_list, max(40 * n_list, TRAIN_SAMPLE_CAP)))
 
 
 def new_trained_index(factory: str, vectors: np.ndarray, seed: int, show_progress: bool):  # noqa: ANN201
@@ -395,6 +409,12 @@ def new_trained_index(factory: str, vectors: np.ndarray, seed: int, show_progres
 
     n, d = vectors.shape
     index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
+    try:
+        ivf = faiss.extract_index_ivf(index)
+    except RuntimeError:
+        ivf = None
+    if ivf is not None and ivf.nlist >= HNSW_QUANTIZER_MIN_NLIST:
+        ivf.cp.niter = LARGE_NITER
     if not index.is_trained:
         size = min(n, training_sample_size(factory, d))
         rows = np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
@@ -469,15 +489,16 @@ def _tune_nprobe(
     queries: np.ndarray,
     nlist: int,
     fixed: int | None,
-    target: float,
+    targets: tuple[float, float],
     rerank: int,
 ) -> tuple[int, list[dict[str, float]]]:
-    """Smallest nprobe with recall@10 >= ``target`` and recall@1 >= ``TOP1_TARGET``.
+    """Smallest nprobe with recall@10 >= ``targets[0]`` and recall@1 >= ``targets[1]``.
 
     recall@10 is FAISS's R@10 (the exact top hit is among the 10 returned) and recall@1 the
     share of exact top hits; both tie-aware. The table also keeps 10-recall@10 (the share of
     the exact top 10 returned) for information. With ``fixed`` only that value is measured.
     """
+    target, top1 = targets
     k = min(10, len(vectors))
     truth, _ = exact_knn(queries, vectors, k)
     candidates = [fixed] if fixed else _nprobe_grid(nlist)
@@ -497,11 +518,11 @@ def _tune_nprobe(
                 "recall_10_at_10": round(recall_at_k(queries, found, truth, vectors), 4),
             }
         )
-        if at_10 >= target and at_1 >= TOP1_TARGET:
+        if at_10 >= target and at_1 >= top1:
             return nprobe, table
     if not fixed:
         warnings.warn(
-            f"no nprobe up to {nlist} reached recall@10 {target} and recall@1 {TOP1_TARGET} "
+            f"no nprobe up to {nlist} reached recall@10 {target} and recall@1 {top1} "
             f"(best {table[-1]}); the codes are too coarse: use rerank, a finer index "
             "type, or flat",
             stacklevel=3,

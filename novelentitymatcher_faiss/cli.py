@@ -23,7 +23,9 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--model", default="potion-8m", help="registry alias, hub id or folder")
     build.add_argument("--dim", type=int, default=None, help="truncate vectors to this dimension")
     build.add_argument(
-        "--index", default="auto", help="auto, flat, ivf, ivf-sq8, ivf-pq or a factory string"
+        "--index",
+        default="auto",
+        help="auto, flat, ivf, ivf-sq8, ivf-pq, ivf-pq8 or a factory string",
     )
     build.add_argument("--nprobe", type=int, default=None, help="fix nprobe instead of tuning it")
     build.add_argument("--batch-size", type=int, default=1024)

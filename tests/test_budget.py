@@ -33,16 +33,17 @@ def test_the_most_accurate_kind_that_fits_is_picked():
     assert pick_kind(50_000, d, 0, 10**9, 100_000) == "flat"
     assert pick_kind(n, d, nlist, 30 * 10**9, 100_000) == "ivf"
     assert pick_kind(n, d, nlist, 8 * 10**9, 100_000) == "ivf-sq8"
-    assert pick_kind(n, d, nlist, 2 * 10**9, 100_000) == "ivf-pq"
-    assert index_bytes("ivf-pq", n, d, nlist) < 2 * 10**9
-    with pytest.raises(ValueError, match="ivf-pq needs about"):
-        pick_kind(n, d, nlist, 10**9, 100_000)
+    assert pick_kind(n, d, nlist, 2 * 10**9, 100_000) == "ivf-pq8"
+    assert index_bytes("ivf-pq8", n, d, nlist) < index_bytes("ivf-pq", n, d, nlist) < 2 * 10**9
+    with pytest.raises(ValueError, match="ivf-pq8 needs about"):
+        pick_kind(n, d, nlist, 5 * 10**8, 100_000)
 
 
 def test_large_nlist_gets_an_hnsw_quantizer():
     kind, factory, n_list = _choose_index("ivf-pq", 10_000_000, 512, None, 2 * 10**9)
     assert n_list >= HNSW_QUANTIZER_MIN_NLIST
     assert factory == f"IVF{n_list}_HNSW32,PQ256x4fs"
+    assert _choose_index("ivf-pq8", 10_000_000, 512, None)[1] == "IVF8192_HNSW32,PQ64"
     assert _choose_index("ivf", 1_000_000, 512, None)[1] == "IVF4000,Flat"
 
 
@@ -53,12 +54,13 @@ def test_builds_follow_the_budget(tmp_path):
     assert sq8.manifest["index"]["type"] == "ivf-sq8"
     assert sq8.manifest["index"]["memory_budget"] == 1_500_000
     assert (sq8.path / "index.faiss").stat().st_size <= 1_500_000
-    pq = build_index(PRODUCTS, tmp_path / "pq", memory_budget="700KB", show_progress=False)
-    assert pq.manifest["index"]["type"] == "ivf-pq"
-    assert (pq.path / "index.faiss").stat().st_size <= 700_000
+    pq = build_index(PRODUCTS, tmp_path / "pq", memory_budget="900KB", show_progress=False)
+    assert pq.manifest["index"]["type"] == "ivf-pq8"
+    assert pq.manifest["index"]["rerank"] == 4 and pq.vectors is not None
+    assert (pq.path / "index.faiss").stat().st_size <= 900_000
     assert pq.match("airlines")["text"] == "Airlines"
     with pytest.raises(ValueError, match="below the smallest index"):
-        build_index(PRODUCTS, tmp_path / "tiny", memory_budget="50KB", show_progress=False)
+        build_index(PRODUCTS, tmp_path / "tiny", memory_budget="300KB", show_progress=False)
     assert not (tmp_path / "tiny").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
     with pytest.warns(UserWarning, match="over the memory_budget"):
