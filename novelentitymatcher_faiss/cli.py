@@ -71,6 +71,13 @@ def _parser() -> argparse.ArgumentParser:
     update.add_argument("--remove-file", help="file with one id to remove per line")
     update.add_argument("--batch-size", type=int, default=1024)
     update.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    update.add_argument(
+        "--compact",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="write one index (--compact) or a layer over the hard-linked parent "
+        "(--no-compact); by default a layer while the changes stay under 25%%",
+    )
     update.add_argument("--quiet", action="store_true", help="no progress bars")
 
     query = commands.add_parser("query", help="match texts (arguments, or one per stdin line)")
@@ -156,6 +163,7 @@ def _update(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         batch_size=args.batch_size,
         show_progress=not args.quiet,
+        compact=args.compact,
     )
     lineage = index.manifest["lineage"]
     print(index)
