@@ -205,6 +205,11 @@ class MatchIndex:
         for segment, name in zip([self, *self.layers], masks, strict=True):
             if name is not None:
                 segment._hide(load_array(member(self.path, name), np.bool_, ndim=1))
+        if info.get("entities") != len(self):
+            raise ArtifactCorruptError(
+                f"{where}: layers hold {len(self)} visible entities, the manifest says "
+                f"{info.get('entities')}; rebuild the artifact"
+            )
 
     def _hide(self, hidden: np.ndarray) -> None:
         """Hide the entities where ``hidden`` (bool (n_entities,)) is set from every query."""

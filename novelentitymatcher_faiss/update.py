@@ -186,12 +186,11 @@ def _write_layer(
                  for segment, mask in zip(old_segments, masks, strict=False))  # fmt: skip
     encoded = _counts(tmp / segments[-1]["dir"])["vectors"] if added else 0
     manifest = _manifest(old, old.manifest["counts"], changes, started, reused, encoded)
-    layer_entities = [_counts(tmp / entry["dir"])["entities"] for entry in segments]
+    sizes = [old.n_entities, *(_counts(tmp / entry["dir"])["entities"] for entry in segments)]
     manifest["layers"] = {
         "hidden": names[0],
         "segments": segments,
-        "entities": sum(len(mask) - int(mask.sum()) for mask in masks[:1])
-        + sum(n - int(m.sum()) for n, m in zip(layer_entities, masks[1:], strict=True)),
+        "entities": sum(size - int(mask.sum()) for size, mask in zip(sizes, masks, strict=True)),
     }
     manifest["files"] = file_records(tmp, reuse=records)
     write_manifest(tmp, manifest)

@@ -218,7 +218,7 @@ def test_layered_updates_chain_compact_and_answer_like_a_fresh_build(change, fre
     assert [len(v.layers) for v in (v1, v2, v3)] == [0, 1, 2]
     assert v3.get(in_layer) is None and v3.get(add[98]["id"]) == fresh_flat.get(add[98]["id"])
     final = [e for e in change["final"] if e["id"] != in_layer]
-    assert len(v3) == len(final)
+    assert len(v3) == len(final) == v3.manifest["layers"]["entities"]
     queries = change["queries"]
     # the reference: a fresh build of the same final catalog
     fresh = build_index(final, tmp_path / "fresh", index_type="flat", show_progress=False)
