@@ -100,7 +100,12 @@ def update_index(
     changes = {"added_entities": len(added) - replaced, "replaced_entities": replaced,
                "removed_entities": removed}  # fmt: skip
     if compact is None:
-        compact = _should_compact(old, masks[0], len(added))
+        compact = not _layerable(old) or _should_compact(old, masks[0], len(added))
+    elif not compact and not _layerable(old):
+        raise ArtifactError(
+            f"cannot layer an update over {old.path}: its {type(old.index).__name__} index "
+            "is neither flat nor IVF; update with compact=True"
+        )
     write = _write_compacted if compact else _write_layer
     with atomic_directory(target, overwrite=overwrite) as tmp:
         write(old, tmp, masks, added, changes, started, batch_size, show_progress)
@@ -137,6 +142,20 @@ def _hidden_after(
         raise CatalogError(f"cannot remove {len(missing)} id(s) not in {old.path}: {shown}")
     replaced = sum(hide(entity["id"]) for entity in added)
     return masks, len(remove), replaced
+
+
+def _layerable(old: MatchIndex) -> bool:
+    """Whether layers can extend ``old``: a flat or IVF index (they take ID selectors and
+    give an emptied, trained copy)."""
+    import faiss
+
+    if isinstance(old.index, faiss.IndexFlat):
+        return True
+    try:
+        faiss.extract_index_ivf(old.index)
+    except RuntimeError:
+        return False
+    return True
 
 
 def _should_compact(old: MatchIndex, base_hidden: np.ndarray, n_added: int) -> bool:
@@ -237,13 +256,7 @@ def _emptied(old: MatchIndex) -> Any:
     import faiss
 
     index = open_faiss_index(old.path / INDEX_FILE, mmap=True)
-    try:
-        ivf = faiss.extract_index_ivf(index)
-    except RuntimeError:
-        raise ArtifactError(
-            f"cannot add a layer to {old.path}: its {type(index).__name__} index is not IVF "
-            "or flat; update with compact=True"
-        ) from None
+    ivf = faiss.extract_index_ivf(index)
     if isinstance(faiss.downcast_InvertedLists(ivf.invlists), faiss.BlockInvertedLists):
         lists = _empty_like(ivf)
     else:

@@ -246,3 +246,13 @@ def test_damaged_hidden_mask_is_detected(change, tmp_path):
     mask.write_bytes(bytes(data))  # a different inode: v1 is untouched
     with pytest.raises(ArtifactError, match="sha256"):
         load_index(v2.path, verify="full")
+
+
+def test_a_graph_index_cannot_take_layers(change, tmp_path):
+    old = build_index(change["old"], tmp_path / "old", index_type="HNSW16", show_progress=False)
+    with pytest.raises(ArtifactError, match="neither flat nor IVF"):
+        update_index(old.path, tmp_path / "new", remove=change["remove"], compact=False,
+                     show_progress=False)  # fmt: skip
+    with pytest.raises(ArtifactError, match="cannot update"):
+        update_index(old.path, tmp_path / "new", remove=change["remove"], show_progress=False)
+    assert not (tmp_path / "new").exists()
