@@ -10,9 +10,10 @@ from __future__ import annotations
 import re
 
 #: Kinds in order of preference for ``index_type="auto"`` with a budget (most accurate
-#: first). All keep their codes memory-mapped; "ivf-pq" (fast-scan, read into RAM when the
-#: index opens, and twice ivf-pq8's size) is left to explicit requests.
-BUDGET_KINDS = ("ivf", "ivf-sq8", "ivf-pq8")
+#: first). Fast-scan PQ lists are read into RAM when the index opens (plain lists stay
+#: memory-mapped), so the budget's PQ kind is "ivf-pq-small": half ivf-pq's code, half its
+#: open and scan time; "ivf-pq" is left to explicit requests.
+BUDGET_KINDS = ("ivf", "ivf-sq8", "ivf-pq-small")
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
           "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}  # fmt: skip
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?I?B?)\s*$", re.IGNORECASE)
@@ -45,11 +46,9 @@ def index_bytes(kind: str, n: int, d: int, nlist: int) -> int:
         return n * (4 * d + 8) + centroids
     if kind == "ivf-sq8":
         return n * (d + 8) + centroids + 8 * d  # + per-dimension min and range
-    if kind == "ivf-pq8":  # PQ{d/8}: 8-bit codes of 8-dimension sub-vectors
-        code = d // 8 if d % 8 == 0 else d
-        return n * (code + 8) + centroids + 256 * d * 4
-    code = -(-d // 4)  # PQ{d/2}x4fs: d/2 sub-quantizers of 4 bits
-    codebooks = (d // 2) * 16 * 2 * 4
+    m = (d // 2 if d % 2 == 0 else d) if kind == "ivf-pq" else (d // 4 if d % 4 == 0 else d)
+    code = -(-m // 2)  # PQ{m}x4fs: m sub-quantizers of 4 bits
+    codebooks = m * 16 * (d // m) * 4
     return n * (code + 8) + centroids + codebooks + nlist * 32 * code
 
 

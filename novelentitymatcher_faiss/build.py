@@ -50,13 +50,12 @@ AUTO_FLAT_MAX_VECTORS = 100_000
 #: From this many IVF lists on, the coarse quantizer is an HNSW graph over the centroids:
 #: assigning each of millions of vectors then costs a graph walk, not nlist inner products.
 HNSW_QUANTIZER_MIN_NLIST = 8192
-INDEX_TYPES = ("auto", "flat", "ivf", "ivf-sq8", "ivf-pq", "ivf-pq8")
+INDEX_TYPES = ("auto", "flat", "ivf", "ivf-sq8", "ivf-pq", "ivf-pq-small")
 #: The default nlist stops growing here: k-means cost grows with nlist squared.
 MAX_DEFAULT_NLIST = 8192
 #: IVF training takes 64 vectors per list, but no more than this (and never under 40 per
-#: list), with ``LARGE_NITER`` k-means iterations from ``HNSW_QUANTIZER_MIN_NLIST`` lists.
+#: list): k-means cost grows with sample size times nlist.
 TRAIN_SAMPLE_CAP = 320_000
-LARGE_NITER = 10
 _ADD_CHUNK = 65536
 TUNING_QUERIES = 1000
 #: nprobe tuning also requires this top-1 agreement with exact search.
@@ -91,8 +90,8 @@ def build_index(
     """Encode ``entities`` and write a memory-mappable FAISS artifact to ``path``.
 
     ``index_type``: "flat", "ivf", "ivf-sq8", "ivf-pq" (4-bit fast-scan PQ with exact
-    re-rank of ``rerank`` x candidates from stored vectors, default 4), "ivf-pq8" (8-bit PQ,
-    d/8 bytes per vector, lists memory-mapped like "ivf"; re-rank as "ivf-pq"), "auto" (flat below
+    re-rank of ``rerank`` x candidates from stored vectors, default 4), "ivf-pq-small" (the
+    same with half the sub-quantizers: d/8 bytes per vector), "auto" (flat below
     ``AUTO_FLAT_MAX_VECTORS`` vectors, else "ivf") or any FAISS factory string. For IVF
     indexes ``nprobe`` defaults to the smallest value whose recall@10 against exact search
     (FAISS's R@10: the exact nearest neighbour is among the 10 returned), on typo'd samples
@@ -101,7 +100,7 @@ def build_index(
     the same factory to fill instead of training one (shards of a distributed build share
     their coarse quantizer that way). ``memory_budget`` (bytes, or ``"2GB"``, ``"512MiB"``):
     with ``index_type="auto"`` the most accurate kind whose index fits it (flat, ivf,
-    ivf-sq8, then ivf-pq8 with exact re-rank from the on-disk vectors); with an explicit kind,
+    ivf-sq8, then ivf-pq-small with exact re-rank from the on-disk vectors); with an explicit kind,
     a warning when the index will not fit. IVF indexes of ``HNSW_QUANTIZER_MIN_NLIST`` lists
     or more get an HNSW coarse quantizer.
     Returns the opened :class:`~novelentitymatcher_faiss.match_index.MatchIndex`.
@@ -128,7 +127,7 @@ def build_index(
         kind, factory, n_list = _choose_index(
             index_type, len(vectors), vectors.shape[1], nlist, budget
         )
-        rerank = (4 if kind in ("ivf-pq", "ivf-pq8") else 0) if rerank is None else rerank
+        rerank = (4 if kind in ("ivf-pq", "ivf-pq-small") else 0) if rerank is None else rerank
         index = _train_and_add(factory, vectors, seed, show_progress, trained)
         tuning: list[dict[str, float]] = []
         if n_list:
@@ -363,15 +362,11 @@ def _choose_index(
         return kind, f"{coarse},Flat", n_list
     if kind == "ivf-sq8":
         return kind, f"{coarse},SQ8", n_list
-    if kind == "ivf-pq":
-        # 4-bit fast-scan PQ (d/2 bytes per vector): trains in seconds, where 8-bit PQ
-        # training takes minutes on two cores; exact re-rank restores the ranking.
-        m = d // 2 if d % 2 == 0 else d
-        return kind, f"{coarse},PQ{m}x4fs", n_list
-    if kind == "ivf-pq8":
-        # 8-bit PQ of 8-dimension sub-vectors: plain inverted lists, so the codes stay
-        # memory-mapped (fast-scan lists are read into RAM when the index opens).
-        return kind, f"{coarse},PQ{d // 8 if d % 8 == 0 else d}", n_list
+    if kind in ("ivf-pq", "ivf-pq-small"):
+        # 4-bit fast-scan PQ (d/4 or d/8 bytes per vector): trains in seconds, where 8-bit
+        # PQ training takes minutes on two cores, and scans several times faster than 8-bit
+        # codes; exact re-rank restores the ranking.
+        return kind, f"{coarse},PQ{pq_subquantizers(kind, d)}x4fs", n_list
     import faiss
 
     try:
@@ -386,6 +381,12 @@ def _choose_index(
     except RuntimeError:
         n_list = 0
     return "factory", kind, n_list
+
+
+def pq_subquantizers(kind: str, d: int) -> int:
+    """4-bit sub-quantizers of ``kind``: d/2 for "ivf-pq", d/4 for "ivf-pq-small" (else d)."""
+    share = 2 if kind == "ivf-pq" else 4
+    return d // share if d % share == 0 else d
 
 
 def training_sample_size(factory: str, d: int) -> int:
@@ -409,12 +410,6 @@ def new_trained_index(factory: str, vectors: np.ndarray, seed: int, show_progres
 
     n, d = vectors.shape
     index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
-    try:
-        ivf = faiss.extract_index_ivf(index)
-    except RuntimeError:
-        ivf = None
-    if ivf is not None and ivf.nlist >= HNSW_QUANTIZER_MIN_NLIST:
-        ivf.cp.niter = LARGE_NITER
     if not index.is_trained:
         size = min(n, training_sample_size(factory, d))
         rows = np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))

@@ -33,9 +33,10 @@ def test_the_most_accurate_kind_that_fits_is_picked():
     assert pick_kind(50_000, d, 0, 10**9, 100_000) == "flat"
     assert pick_kind(n, d, nlist, 30 * 10**9, 100_000) == "ivf"
     assert pick_kind(n, d, nlist, 8 * 10**9, 100_000) == "ivf-sq8"
-    assert pick_kind(n, d, nlist, 2 * 10**9, 100_000) == "ivf-pq8"
-    assert index_bytes("ivf-pq8", n, d, nlist) < index_bytes("ivf-pq", n, d, nlist) < 2 * 10**9
-    with pytest.raises(ValueError, match="ivf-pq8 needs about"):
+    assert pick_kind(n, d, nlist, 2 * 10**9, 100_000) == "ivf-pq-small"
+    small, pq = index_bytes("ivf-pq-small", n, d, nlist), index_bytes("ivf-pq", n, d, nlist)
+    assert small < 10**9 < pq < 2 * 10**9
+    with pytest.raises(ValueError, match="ivf-pq-small needs about"):
         pick_kind(n, d, nlist, 5 * 10**8, 100_000)
 
 
@@ -43,7 +44,7 @@ def test_large_nlist_gets_an_hnsw_quantizer():
     kind, factory, n_list = _choose_index("ivf-pq", 10_000_000, 512, None, 2 * 10**9)
     assert n_list >= HNSW_QUANTIZER_MIN_NLIST
     assert factory == f"IVF{n_list}_HNSW32,PQ256x4fs"
-    assert _choose_index("ivf-pq8", 10_000_000, 512, None)[1] == "IVF8192_HNSW32,PQ64"
+    assert _choose_index("ivf-pq-small", 10_000_000, 512, None)[1] == "IVF8192_HNSW32,PQ128x4fs"
     assert _choose_index("ivf", 1_000_000, 512, None)[1] == "IVF4000,Flat"
 
 
@@ -55,7 +56,7 @@ def test_builds_follow_the_budget(tmp_path):
     assert sq8.manifest["index"]["memory_budget"] == 1_500_000
     assert (sq8.path / "index.faiss").stat().st_size <= 1_500_000
     pq = build_index(PRODUCTS, tmp_path / "pq", memory_budget="900KB", show_progress=False)
-    assert pq.manifest["index"]["type"] == "ivf-pq8"
+    assert pq.manifest["index"]["type"] == "ivf-pq-small"
     assert pq.manifest["index"]["rerank"] == 4 and pq.vectors is not None
     assert (pq.path / "index.faiss").stat().st_size <= 900_000
     assert pq.match("airlines")["text"] == "Airlines"
