@@ -11,11 +11,16 @@ queries with the same top-1 as the rebuild (ties counted as agreement), and thei
 queries per second on those queries.
 
     python benchmarks/update_bench.py [--sizes 100k 1M] [--kinds flat ivf] [--repeats 3]
+                                      [--merge]
+
+``--merge`` keeps the rows of an earlier ``results/update.json`` for the (size, kind) pairs
+not measured this time; each row records when it was measured.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import statistics
 import sys
@@ -26,6 +31,7 @@ from typing import Any
 
 from common import (
     DATA_DIR,
+    RESULTS_DIR,
     faiss_threads,
     library_versions,
     machine_info,
@@ -100,6 +106,7 @@ def bench(size: int, kind: str, encoder: Any, repeats: int, work: Path) -> dict[
     out = {
         "entities": size,
         "kind": kind,
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "base_vectors": base["vectors"],
         "added": lineage["added_entities"],
         "removed": lineage["removed_entities"],
@@ -167,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
                         default=[100_000, 1_000_000])  # fmt: skip
     parser.add_argument("--kinds", nargs="+", default=["flat", "ivf"])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the earlier rows of other (size, kind) pairs")  # fmt: skip
     args = parser.parse_args(argv)
     info = {"machine": machine_info(), "versions": library_versions(),
             "threads": {**THREADS, "faiss_omp": str(faiss_threads(2))}}  # fmt: skip
@@ -174,11 +183,17 @@ def main(argv: list[str] | None = None) -> int:
     encoder = load_encoder(MODEL, show_progress=False)
     doc = {"benchmark": "update", "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
            time.gmtime()), "environment": info, "results": []}  # fmt: skip
+    earlier = RESULTS_DIR / "update.json"
+    if args.merge and earlier.exists():
+        doc["results"] = [r for r in json.loads(earlier.read_text(encoding="utf-8"))["results"]
+                          if (r["entities"], r["kind"]) not in
+                          {(s, k) for s in args.sizes for k in args.kinds}]  # fmt: skip
     DATA_DIR.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=DATA_DIR, prefix="update-bench-") as tmp:
         for size in args.sizes:
             for kind in args.kinds:
                 doc["results"].append(bench(size, kind, encoder, args.repeats, Path(tmp)))
+                doc["results"].sort(key=lambda r: (r["entities"], r["kind"]))
                 write_results("update", doc, to_markdown(doc))
     json_path, md_path = write_results("update", doc, to_markdown(doc))
     print(f"wrote {json_path.name} and {md_path.name}")

@@ -133,7 +133,14 @@ def build_index(
         if n_list:
             queries = _typo_queries(tmp, encoder, lexical, settings, seed)
             nprobe, tuning = _tune_nprobe(
-                index, vectors, queries, n_list, nprobe, (target_recall, target_top1), rerank
+                index,
+                vectors,
+                queries,
+                n_list,
+                nprobe,
+                (target_recall, target_top1),
+                rerank,
+                show_progress,
             )
         import faiss
 
@@ -486,6 +493,7 @@ def _tune_nprobe(
     fixed: int | None,
     targets: tuple[float, float],
     rerank: int,
+    show_progress: bool = False,
 ) -> tuple[int, list[dict[str, float]]]:
     """Smallest nprobe with recall@10 >= ``targets[0]`` and recall@1 >= ``targets[1]``.
 
@@ -495,7 +503,8 @@ def _tune_nprobe(
     """
     target, top1 = targets
     k = min(10, len(vectors))
-    truth, _ = exact_knn(queries, vectors, k)
+    truth, _ = exact_knn(queries, vectors, k, progress="exact search for nprobe tuning"
+                         if show_progress else None)  # fmt: skip
     candidates = [fixed] if fixed else _nprobe_grid(nlist)
     table = []
     for nprobe in candidates:
@@ -513,6 +522,8 @@ def _tune_nprobe(
                 "recall_10_at_10": round(recall_at_k(queries, found, truth, vectors), 4),
             }
         )
+        if show_progress:
+            tqdm.write(f"nprobe {nprobe}: recall@10 {at_10:.3f}, recall@1 {at_1:.3f}")
         if at_10 >= target and at_1 >= top1:
             return nprobe, table
     if not fixed:

@@ -164,13 +164,21 @@ def iter_chunks(array: np.ndarray, chunk: int) -> Iterator[tuple[int, np.ndarray
 
 
 def exact_knn(
-    queries: np.ndarray, vectors: np.ndarray, k: int, chunk: int = 65536
+    queries: np.ndarray,
+    vectors: np.ndarray,
+    k: int,
+    chunk: int = 65536,
+    progress: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Exact inner-product top-``k`` over ``vectors`` read in chunks (bounded memory)."""
+    """Exact inner-product top-``k`` over ``vectors`` read in chunks (bounded memory);
+    ``progress``: a progress bar with this label."""
     import faiss
+    from tqdm.auto import tqdm
 
     heap = faiss.ResultHeap(len(queries), k, keep_max=True)
-    for start, block in iter_chunks(vectors, chunk):
+    chunks = iter_chunks(vectors, chunk)
+    bar = tqdm(chunks, total=-(-len(vectors) // chunk), desc=progress, disable=progress is None)
+    for start, block in bar:
         scores = queries @ block.T
         kk = min(k, len(block))
         top = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
