@@ -8,7 +8,11 @@ import pytest
 
 from novelentitymatcher_faiss import build_index
 from novelentitymatcher_faiss.budget import index_bytes, parse_bytes, pick_kind
-from novelentitymatcher_faiss.build import HNSW_QUANTIZER_MIN_NLIST, _choose_index
+from novelentitymatcher_faiss.build import (
+    HNSW_QUANTIZER_EF,
+    HNSW_QUANTIZER_MIN_NLIST,
+    _choose_index,
+)
 
 PRODUCTS = Path(__file__).parent / "data" / "products_mcc.csv"
 
@@ -82,3 +86,20 @@ def test_an_hnsw_quantizer_artifact_builds_tunes_and_answers(tmp_path):
     assert [h["score"] for h in index.match(queries, nprobe=32)] == pytest.approx(
         [h["score"] for h in flat.match(queries)], abs=1e-5
     )
+
+
+def test_an_hnsw_quantizer_searched_exhaustively_is_exact(tmp_path):
+    """nprobe above the graph's efSearch must still probe nprobe lists: with every list
+    probed, IVF-Flat is exact search."""
+    import faiss
+
+    index = build_index(PRODUCTS, tmp_path / "hnsw", index_type="IVF64_HNSW32,Flat",
+                        show_progress=False)  # fmt: skip
+    quantizer = faiss.downcast_index(faiss.extract_index_ivf(index.index).quantizer)
+    assert quantizer.hnsw.efSearch == HNSW_QUANTIZER_EF
+    quantizer.hnsw.efSearch = 16  # as stored by earlier versions: searches must raise it
+    flat = build_index(PRODUCTS, tmp_path / "flat", index_type="flat", show_progress=False)
+    queries = [flat.texts[i][:-1] for i in range(0, len(flat.texts), 7)]
+    found = index.match(queries, nprobe=64)
+    exact = flat.match(queries)
+    assert [h["score"] for h in found] == pytest.approx([h["score"] for h in exact], abs=1e-5)
