@@ -38,12 +38,7 @@ def search_params(index, nprobe: int | None, selector=None):  # noqa: ANN001, AN
     if nprobe is None and selector is None:
         return None
     if isinstance(index, faiss.IndexIVF):
-        probes = int(nprobe or index.nprobe)
-        quantizer = faiss.downcast_index(index.quantizer)
-        inner = None  # an HNSW quantizer must explore at least nprobe centroids
-        if isinstance(quantizer, faiss.IndexHNSW) and quantizer.hnsw.efSearch < probes:
-            inner = faiss.SearchParametersHNSW(efSearch=probes)
-        return faiss.SearchParametersIVF(nprobe=probes, sel=selector, quantizer_params=inner)
+        return faiss.SearchParametersIVF(nprobe=int(nprobe or index.nprobe), sel=selector)
     if isinstance(index, faiss.IndexPreTransform):
         inner = search_params(faiss.downcast_index(index.index), nprobe, selector)
         return None if inner is None else faiss.SearchParametersPreTransform(index_params=inner)

@@ -45,10 +45,10 @@ def test_the_most_accurate_kind_that_fits_is_picked():
 
 
 def test_large_nlist_gets_an_hnsw_quantizer():
-    kind, factory, n_list = _choose_index("ivf-pq", 10_000_000, 512, None, 2 * 10**9)
+    kind, factory, n_list = _choose_index("ivf-pq", 10_000_000, 512, 40_000, 2 * 10**9)
     assert n_list >= HNSW_QUANTIZER_MIN_NLIST
     assert factory == f"IVF{n_list}_HNSW32,PQ256x4fs"
-    assert _choose_index("ivf-pq-small", 10_000_000, 512, None)[1] == "IVF8192_HNSW32,PQ128x4fs"
+    assert _choose_index("ivf-pq-small", 10_000_000, 512, None)[1] == "IVF8192,PQ128x4fs"
     assert _choose_index("ivf", 1_000_000, 512, None)[1] == "IVF4000,Flat"
 
 
@@ -89,15 +89,15 @@ def test_an_hnsw_quantizer_artifact_builds_tunes_and_answers(tmp_path):
 
 
 def test_an_hnsw_quantizer_searched_exhaustively_is_exact(tmp_path):
-    """nprobe above the graph's efSearch must still probe nprobe lists: with every list
-    probed, IVF-Flat is exact search."""
+    """The graph keeps its efSearch in the file; with every list probed (nprobe above
+    efSearch), IVF-Flat is exact search."""
     import faiss
 
     index = build_index(PRODUCTS, tmp_path / "hnsw", index_type="IVF64_HNSW32,Flat",
                         show_progress=False)  # fmt: skip
     quantizer = faiss.downcast_index(faiss.extract_index_ivf(index.index).quantizer)
     assert quantizer.hnsw.efSearch == HNSW_QUANTIZER_EF
-    quantizer.hnsw.efSearch = 16  # as stored by earlier versions: searches must raise it
+    quantizer.hnsw.efSearch = 16  # FAISS's default: a search still probes nprobe lists
     flat = build_index(PRODUCTS, tmp_path / "flat", index_type="flat", show_progress=False)
     queries = [flat.texts[i][:-1] for i in range(0, len(flat.texts), 7)]
     found = index.match(queries, nprobe=64)
