@@ -43,6 +43,70 @@ def release_pages(array: np.ndarray) -> None:
         mapping.madvise(mmap.MADV_DONTNEED)
 
 
+def _mapping(array: np.ndarray) -> tuple[mmap.mmap, int] | None:
+    """The ``mmap`` behind a memory-mapped ``array`` and the byte offset of its first
+    element inside that mapping, or None for an array in RAM."""
+    mapping = getattr(array, "_mmap", None)
+    if not isinstance(mapping, mmap.mmap):
+        return None
+    base = np.frombuffer(mapping, dtype=np.uint8).ctypes.data
+    return mapping, array.ctypes.data - base
+
+
+def advise_random(array: np.ndarray) -> None:
+    """Tell the kernel a memory-mapped ``array`` is read at random (``MADV_RANDOM``).
+
+    A page fault then reads that page only, not the 128 KiB around it: gathering scattered
+    rows of a file larger than RAM reads what it uses and leaves the page cache (and the
+    process's RSS) alone. Sequential passes ask for read-ahead themselves
+    (:func:`prefetch`). A no-op for arrays in RAM.
+    """
+    found = _mapping(array)
+    if found is not None and hasattr(mmap, "MADV_RANDOM"):
+        found[0].madvise(mmap.MADV_RANDOM)
+
+
+def prefetch(array: np.ndarray, rows: np.ndarray | slice) -> None:
+    """Start reading ``rows`` of a memory-mapped 2-D ``array`` from disk (``MADV_WILLNEED``).
+
+    ``rows``: a slice, or int64 row numbers of any shape (negative ones skipped). The reads
+    are issued together and run in parallel; touching the rows afterwards waits for them
+    instead of faulting them in one by one. A no-op for arrays in RAM.
+    """
+    found = _mapping(array)
+    if found is None or not hasattr(mmap, "MADV_WILLNEED"):
+        return
+    mapping, offset = found
+    row_bytes = array.strides[0]
+    if isinstance(rows, slice):
+        start, stop, _ = rows.indices(len(array))
+        spans = [(start, stop)] if stop > start else []
+    else:
+        picked = np.unique(np.asarray(rows, dtype=np.int64))
+        spans = [(int(r), int(r) + 1) for r in picked[(picked >= 0) & (picked < len(array))]]
+    page = mmap.PAGESIZE
+    for start, stop in spans:
+        first = offset + start * row_bytes
+        aligned = first - first % page
+        mapping.madvise(mmap.MADV_WILLNEED, aligned, offset + stop * row_bytes - aligned)
+
+
+def gather_rows(array: np.ndarray, rows: np.ndarray, chunk: int = 8192) -> np.ndarray:
+    """``array[rows]`` as float32 (len(rows), d) in RAM, read ``chunk`` rows at a time.
+
+    For a memory-mapped ``array`` each chunk's rows are prefetched together and its pages
+    released afterwards, so gathering a sample from a file larger than RAM costs one read
+    per row and keeps RSS at the size of the result.
+    """
+    out = np.empty((len(rows), array.shape[1]), dtype=np.float32)
+    for start in range(0, len(rows), chunk):
+        part = rows[start : start + chunk]
+        prefetch(array, part)
+        out[start : start + len(part)] = array[part]
+        release_pages(array)
+    return out
+
+
 def _header(rows: int, cols: int, dtype: np.dtype) -> bytes:
     text = repr({"descr": dtype.str, "fortran_order": False, "shape": (rows, cols)})
     body = text.encode("latin1")

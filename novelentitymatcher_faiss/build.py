@@ -22,7 +22,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import __version__
-from .arrays import NpyRowWriter, load_array, release_pages
+from .arrays import NpyRowWriter, advise_random, gather_rows, load_array, release_pages
 from .artifact import (
     FORMAT,
     FORMAT_VERSION,
@@ -42,7 +42,7 @@ from .errors import ArtifactError, CatalogError
 from .lexical import LexicalSettings, featurize
 from .normalize import NormalizerSettings, normalize_text
 from .perturb import one_letter_typo
-from .search import exact_knn, iter_chunks, recall_at_k, search
+from .search import ExactTopK, iter_chunks, recall_at_k, search
 from .strings import StringTable, StringTableWriter
 
 #: ``index_type="auto"`` builds an exact flat index below this many vectors, IVF above.
@@ -56,6 +56,12 @@ HNSW_QUANTIZER_MIN_NLIST = 32768
 #: The HNSW coarse quantizer's efSearch, stored in the index (FAISS's default, 16, sends
 #: about one vector in ten to the wrong list).
 HNSW_QUANTIZER_EF = 128
+#: From this many lists on, a flat coarse quantizer assigns the vectors while building (exact,
+#: and fastest in batches) and is then swapped for an HNSW graph over the same centroids,
+#: which answers single queries (:func:`use_graph_quantizer`). Measured on a 13M-vector
+#: ``IVF8192,PQ128x4fs`` build, one query on one thread: 0.37 ms against 1.1-1.3 ms to find
+#: the lists to probe, recall@1 within 0.005 at nprobe 16-32.
+HNSW_SEARCH_MIN_NLIST = 8192
 INDEX_TYPES = ("auto", "flat", "ivf", "ivf-sq8", "ivf-pq", "ivf-pq-small")
 #: The default nlist stops growing here: k-means cost grows with nlist squared.
 MAX_DEFAULT_NLIST = 8192
@@ -108,7 +114,9 @@ def build_index(
     with ``index_type="auto"`` the most accurate kind whose index fits it (flat, ivf,
     ivf-sq8, then ivf-pq-small with exact re-rank from the on-disk vectors); with an explicit kind,
     a warning when the index will not fit. IVF indexes of ``HNSW_QUANTIZER_MIN_NLIST`` lists
-    or more get an HNSW coarse quantizer.
+    or more get an HNSW coarse quantizer; the named kinds with ``HNSW_SEARCH_MIN_NLIST``
+    lists or more are built with a flat one and then search through an HNSW graph over the
+    same centroids (:func:`use_graph_quantizer`).
     Returns the opened :class:`~novelentitymatcher_faiss.match_index.MatchIndex`.
     """
 
@@ -130,18 +138,27 @@ def build_index(
             entities, tmp, encoder, lexical, settings, batch_size, show_progress
         )
         vectors = load_array(tmp / VECTORS_FILE, np.float32, ndim=2)
+        advise_random(vectors)  # samples and re-ranks gather rows: no read-around
         kind, factory, n_list = _choose_index(
             index_type, len(vectors), vectors.shape[1], nlist, budget
         )
         rerank = (4 if kind in ("ivf-pq", "ivf-pq-small") else 0) if rerank is None else rerank
-        index = _train_and_add(factory, vectors, seed, show_progress, trained)
+        # the add pass also finds the exact top 10 of the tuning queries: one read of the
+        # vectors, not two
+        exact = (
+            ExactTopK(_typo_queries(tmp, encoder, lexical, settings, seed), min(10, len(vectors)))
+            if n_list
+            else None
+        )
+        index = _train_and_add(factory, vectors, seed, show_progress, trained, exact)
+        if kind in INDEX_TYPES and n_list >= HNSW_SEARCH_MIN_NLIST:
+            use_graph_quantizer(index)  # before tuning: nprobe is tuned on the search path
         tuning: list[dict[str, float]] = []
-        if n_list:
-            queries = _typo_queries(tmp, encoder, lexical, settings, seed)
+        if exact is not None:
             nprobe, tuning = _tune_nprobe(
                 index,
                 vectors,
-                queries,
+                exact,
                 n_list,
                 nprobe,
                 (target_recall, target_top1),
@@ -434,17 +451,46 @@ def new_trained_index(factory: str, vectors: np.ndarray, seed: int, show_progres
         rows = np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
         if show_progress:
             tqdm.write(f"training {factory} on {size} vectors")
-        sample = np.ascontiguousarray(vectors[rows], dtype=np.float32)
-        release_pages(vectors)
+        sample = gather_rows(vectors, rows)
         index.train(sample)
     return index
 
 
+def use_graph_quantizer(index) -> bool:  # noqa: ANN001 - a faiss IVF index
+    """Replace the flat coarse quantizer of IVF ``index`` (in place) by an HNSW graph
+    (M=32, efSearch ``HNSW_QUANTIZER_EF``) over the same centroids, for search.
+
+    The inverted lists and codes are untouched: only how a query finds its nprobe nearest
+    centroids changes, from a scan of all nlist to a graph walk. Returns False, changing
+    nothing, when the quantizer is not flat.
+    """
+    import faiss
+
+    ivf = faiss.extract_index_ivf(index)
+    old = faiss.downcast_index(ivf.quantizer)
+    if not isinstance(old, faiss.IndexFlat):
+        return False
+    graph = faiss.IndexHNSWFlat(ivf.d, 32, ivf.metric_type)
+    graph.hnsw.efSearch = HNSW_QUANTIZER_EF
+    graph.add(old.reconstruct_n(0, old.ntotal))
+    owned = ivf.own_fields
+    graph.this.disown()  # the IVF index frees it
+    ivf.quantizer, ivf.own_fields = graph, True
+    if owned:
+        old.this.acquire()  # nothing else holds it: freed with this proxy
+    return True
+
+
 def _train_and_add(  # noqa: ANN202 - a faiss.Index
-    factory: str, vectors: np.ndarray, seed: int, show_progress: bool, trained: Any = None
+    factory: str,
+    vectors: np.ndarray,
+    seed: int,
+    show_progress: bool,
+    trained: Any = None,
+    exact: ExactTopK | None = None,
 ):
     """A trained index (a copy of ``trained``, else :func:`new_trained_index`) holding
-    ``vectors``, added in chunks."""
+    ``vectors``, added in chunks; each chunk also goes to ``exact``."""
     import faiss
 
     n, d = vectors.shape
@@ -457,9 +503,12 @@ def _train_and_add(  # noqa: ANN202 - a faiss.Index
         )
     else:
         index = faiss.clone_index(trained)
-    with tqdm(total=n, desc="adding vectors", unit=" vectors", disable=not show_progress) as bar:
-        for _, block in iter_chunks(vectors, _ADD_CHUNK):
+    desc = "adding vectors" + ("" if exact is None else " (and exact search for nprobe tuning)")
+    with tqdm(total=n, desc=desc, unit=" vectors", disable=not show_progress) as bar:
+        for start, block in iter_chunks(vectors, _ADD_CHUNK):
             index.add(block)
+            if exact is not None:
+                exact.add(start, block)
             bar.update(len(block))
     return index
 
@@ -500,23 +549,23 @@ def _nprobe_grid(nlist: int) -> list[int]:
 def _tune_nprobe(
     index,  # noqa: ANN001
     vectors: np.ndarray,
-    queries: np.ndarray,
+    exact: ExactTopK,
     nlist: int,
     fixed: int | None,
     targets: tuple[float, float],
     rerank: int,
     show_progress: bool = False,
 ) -> tuple[int, list[dict[str, float]]]:
-    """Smallest nprobe with recall@10 >= ``targets[0]`` and recall@1 >= ``targets[1]``.
+    """Smallest nprobe with recall@10 >= ``targets[0]`` and recall@1 >= ``targets[1]``
+    for ``exact``'s queries, against its exact top-k (already fed every row of ``vectors``).
 
     recall@10 is FAISS's R@10 (the exact top hit is among the 10 returned) and recall@1 the
     share of exact top hits; both tie-aware. The table also keeps 10-recall@10 (the share of
     the exact top 10 returned) for information. With ``fixed`` only that value is measured.
     """
     target, top1 = targets
-    k = min(10, len(vectors))
-    truth, _ = exact_knn(queries, vectors, k, progress="exact search for nprobe tuning"
-                         if show_progress else None)  # fmt: skip
+    queries, k = exact.queries, exact.k
+    truth, _ = exact.result()
     candidates = [fixed] if fixed else _nprobe_grid(nlist)
     table = []
     for nprobe in candidates:

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .arrays import load_array
+from .arrays import advise_random, load_array
 from .artifact import (
     INDEX_FILE,
     MODEL_DIR,
@@ -150,6 +150,8 @@ class MatchIndex:
         self.vectors = (
             load_array(vectors_path, np.float32, ndim=2) if vectors_path.exists() else None
         )
+        if self.vectors is not None:
+            advise_random(self.vectors)  # re-rank reads a few scattered rows per query
         self._check_consistency(info)
         self._encoder = encoder
         self._encoder_checked = False

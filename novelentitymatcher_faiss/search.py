@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from .arrays import release_pages
+from .arrays import prefetch, release_pages
 
 #: Re-ranking always looks at this many candidates at least (cheap, and it helps top-1).
 RERANK_MIN_CANDIDATES = 32
@@ -99,6 +99,7 @@ def scores_of_rows(queries: np.ndarray, rows: np.ndarray, vectors: np.ndarray) -
     if base.dtype != np.float32 or not base.flags.c_contiguous:
         raise ValueError("vectors must be a C-contiguous float32 array")
     queries = np.ascontiguousarray(queries, dtype=np.float32)
+    prefetch(vectors, rows)  # candidate rows not in the page cache are read in parallel
     exact = np.empty(rows.shape, dtype=np.float32)
     faiss.fvec_inner_products_by_idx(
         faiss.swig_ptr(exact), faiss.swig_ptr(queries), faiss.swig_ptr(base),
@@ -155,12 +156,42 @@ def iter_chunks(array: np.ndarray, chunk: int) -> Iterator[tuple[int, np.ndarray
     """Yield (start, float32 block copy) over the rows of a (possibly memory-mapped) array.
 
     Pages of a memory-mapped array are released after each block (:func:`release_pages`),
-    so a pass over a file larger than RAM does not grow the process's RSS.
+    so a pass over a file larger than RAM does not grow the process's RSS; the next block
+    is read ahead (:func:`prefetch`) while the caller works on this one.
     """
+    prefetch(array, slice(0, chunk))
     for start in range(0, len(array), chunk):
         block = np.array(array[start : start + chunk], dtype=np.float32, order="C", copy=True)
         release_pages(array)
+        prefetch(array, slice(start + chunk, start + 2 * chunk))
         yield start, block
+
+
+class ExactTopK:
+    """Exact inner-product top-``k`` of ``queries`` float32 (nq, d), fed block by block.
+
+    :meth:`add` takes consecutive row blocks of the searched matrix, so a pass that reads
+    the vectors for another reason (adding them to an index) gets exact search for free.
+    """
+
+    def __init__(self, queries: np.ndarray, k: int) -> None:
+        import faiss
+
+        self.queries = np.ascontiguousarray(queries, dtype=np.float32)
+        self.k = k
+        self._heap = faiss.ResultHeap(len(self.queries), k, keep_max=True)
+
+    def add(self, start: int, block: np.ndarray) -> None:
+        """Rows ``start .. start + len(block)`` of the matrix, float32 (b, d)."""
+        scores = self.queries @ block.T
+        kk = min(self.k, len(block))
+        top = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
+        self._heap.add_result(np.take_along_axis(scores, top, 1), top.astype(np.int64) + start)
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """(scores float32 (nq, k), rows int64 (nq, k)), best first; -1 rows pad."""
+        self._heap.finalize()
+        return self._heap.D, self._heap.I
 
 
 def exact_knn(
@@ -172,19 +203,14 @@ def exact_knn(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact inner-product top-``k`` over ``vectors`` read in chunks (bounded memory);
     ``progress``: a progress bar with this label."""
-    import faiss
     from tqdm.auto import tqdm
 
-    heap = faiss.ResultHeap(len(queries), k, keep_max=True)
+    exact = ExactTopK(queries, k)
     chunks = iter_chunks(vectors, chunk)
     bar = tqdm(chunks, total=-(-len(vectors) // chunk), desc=progress, disable=progress is None)
     for start, block in bar:
-        scores = queries @ block.T
-        kk = min(k, len(block))
-        top = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
-        heap.add_result(np.take_along_axis(scores, top, 1), top.astype(np.int64) + start)
-    heap.finalize()
-    return heap.D, heap.I
+        exact.add(start, block)
+    return exact.result()
 
 
 def recall_at_k(

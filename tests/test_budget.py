@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from novelentitymatcher_faiss import build_index
@@ -12,6 +13,7 @@ from novelentitymatcher_faiss.build import (
     HNSW_QUANTIZER_EF,
     HNSW_QUANTIZER_MIN_NLIST,
     _choose_index,
+    use_graph_quantizer,
 )
 
 PRODUCTS = Path(__file__).parent / "data" / "products_mcc.csv"
@@ -103,3 +105,28 @@ def test_an_hnsw_quantizer_searched_exhaustively_is_exact(tmp_path):
     found = index.match(queries, nprobe=64)
     exact = flat.match(queries)
     assert [h["score"] for h in found] == pytest.approx([h["score"] for h in exact], abs=1e-5)
+
+
+def test_a_flat_quantizer_swapped_for_a_graph_keeps_the_lists_and_answers(tmp_path):
+    """Search through an HNSW graph over the same centroids: the same lists, the same codes;
+    probing every list stays exact, and the swap survives writing and reading the file."""
+    import faiss
+
+    index = build_index(PRODUCTS, tmp_path / "ivf", index_type="IVF64,Flat", nprobe=64,
+                        show_progress=False)  # fmt: skip
+    ivf = faiss.extract_index_ivf(index.index)
+    centroids = ivf.quantizer.reconstruct_n(0, ivf.nlist)
+    queries = [index.texts[i][1:] for i in range(0, len(index.texts), 5)]
+    before = index.match(queries, top_k=3, nprobe=64)
+    assert use_graph_quantizer(index.index)
+    graph = faiss.downcast_index(ivf.quantizer)
+    assert isinstance(graph, faiss.IndexHNSWFlat) and graph.hnsw.efSearch == HNSW_QUANTIZER_EF
+    np.testing.assert_array_equal(graph.reconstruct_n(0, ivf.nlist), centroids)
+    assert ivf.invlists.compute_ntotal() == index.n_vectors
+    assert not use_graph_quantizer(index.index)  # already a graph: nothing to do
+    assert index.match(queries, top_k=3, nprobe=64) == before
+    faiss.write_index(index.index, str(tmp_path / "swapped.faiss"))
+    del index, ivf, graph
+    reread = faiss.read_index(str(tmp_path / "swapped.faiss"))
+    assert isinstance(faiss.downcast_index(faiss.extract_index_ivf(reread).quantizer),
+                      faiss.IndexHNSWFlat)  # fmt: skip
