@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from common import (
+    RESULTS_DIR,
     faiss_threads,
     human_bytes,
     library_versions,
@@ -97,6 +98,38 @@ def recall(index: Any, texts: list[str]) -> dict[str, float]:
     }
 
 
+def evict(folder: Path) -> None:
+    """Drop the artifact's files from the page cache (``POSIX_FADV_DONTNEED``), so the next
+    open reads them from disk: a machine that has not touched the artifact yet."""
+    import os
+
+    for path in folder.rglob("*"):
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
+def targets(doc: dict[str, Any]) -> list[list[str]]:
+    """The large-catalog targets, each with its measured value and met / NOT met."""
+    b, o, s, r = doc["build"], doc["open"], doc["single"], doc["recall"]
+    rows = [
+        ("build < 45 min", f"{b['wall_s'] / 60:.1f} min", b["wall_s"] < 45 * 60),
+        ("peak RSS < 8 GiB", human_bytes(b["vm_hwm_bytes"]), b["vm_hwm_bytes"] < 8 * 2**30),
+        ("open < 1 s (median, page cache warm)", f"{o['open_s']:.2f} s", o["open_s"] < 1),
+        ("single-query p50 < 5 ms", f"{s['p50_ms']:.2f} ms", s["p50_ms"] < 5),
+        ("recall@10 >= 0.9 (R@10: exact top hit in the 10 returned)", f"{r['r_at_10']:.3f}",
+         r["r_at_10"] >= 0.9),
+    ]  # fmt: skip
+    if "open_cold" in doc:
+        cold = doc["open_cold"]["open_s"]
+        rows.append(("open < 1 s, page cache dropped (not a target)", f"{cold:.2f} s", None))
+    return [[name, value, "-" if ok is None else "met" if ok else "NOT met"]
+            for name, value, ok in rows]  # fmt: skip
+
+
 def to_markdown(doc: dict[str, Any]) -> str:
     b, o, s, r = doc["build"], doc["open"], doc["single"], doc["recall"]
     info = b["manifest_index"]
@@ -121,6 +154,8 @@ def to_markdown(doc: dict[str, Any]) -> str:
         markdown_table(["entities", "vectors", "index", "build", "peak RSS", "artifact",
                         "index.faiss", "open", "single p50 / p99 ms",
                         "recall@1 / R@10 / 10-recall@10"], rows),
+        "\n## Targets\n",
+        markdown_table(["target", "measured", "status"], targets(doc)),
     ])  # fmt: skip
 
 
@@ -132,6 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target-recall", type=float, default=0.92,
                         help="nprobe tuning target for recall@10 and recall@1 (the goal is "
                         "recall@10 >= 0.9 on other queries: a small margin)")  # fmt: skip
+    parser.add_argument("--measure-only", action="store_true",
+                        help="keep the artifact and build record of the last run "
+                        "(results/large.json) and measure open, latency and recall again")
     args = parser.parse_args(argv)
     info = {"machine": machine_info(), "versions": library_versions(),
             "threads": {**THREADS, "faiss_omp": str(faiss_threads(2))}}  # fmt: skip
@@ -146,9 +184,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"building {out.name} ...", flush=True)
     options = {"target_recall": args.target_recall, "target_top1": args.target_recall}
     doc["build_options"] = options
-    doc["build"] = build(catalog, out, args.budget, options)
+    if args.measure_only:
+        last = json.loads((RESULTS_DIR / "large.json").read_text(encoding="utf-8"))
+        doc["build_options"], doc["build"] = last["build_options"], last["build"]
+        doc["build"]["measured_at"] = last["started_at"]
+    else:
+        doc["build"] = build(catalog, out, args.budget, options)
     print(f"  built in {doc['build']['wall_s'] / 60:.1f} min, peak RSS "
           f"{human_bytes(doc['build']['vm_hwm_bytes'])}", flush=True)  # fmt: skip
+    evict(out)
+    doc["open_cold"] = artifact_bench.measure_open(out, 1, 2, doc["build"]["index_bytes"])
     doc["open"] = artifact_bench.measure_open(out, 5, 2, doc["build"]["index_bytes"])
     from novelentitymatcher_faiss import load_index
 

@@ -89,6 +89,8 @@ def _parser() -> argparse.ArgumentParser:
     query.add_argument("--json", action="store_true", help="one JSON line per query")
     query.add_argument("--shard", action="append", default=[], metavar="DIR",
                        help="another artifact searched together with the first (repeatable)")
+    query.add_argument("--scorer", default=None, metavar="{hybrid,index,head}",
+                       help="for trained artifacts (default: the artifact's, hybrid)")
 
     info = commands.add_parser("info", help="print an artifact's manifest summary")
     info.add_argument("artifact")
@@ -219,6 +221,19 @@ def _query(args: argparse.Namespace) -> int:
 
     index = load_shards([args.artifact, *args.shard]) if args.shard else load_index(args.artifact)
     kwargs = {"top_k": args.top_k, "threshold": args.threshold, "nprobe": args.nprobe}
+    training = {} if args.shard else index.manifest.get("training") or {}
+    scorer = args.scorer or training.get("default_scorer", "index")
+    if scorer != "index":
+        from .train import SCORERS, HeadScorer, HybridScorer, load_head
+
+        if scorer not in SCORERS:
+            raise NemFaissError(f"--scorer {scorer!r} is not one of {SCORERS}")
+        if args.shard:
+            raise NemFaissError("a shard set is searched with --scorer index only")
+        head = load_head(index)
+        index = HybridScorer(index, head) if scorer == "hybrid" else HeadScorer(index, head)
+        if scorer == "head":
+            kwargs.pop("nprobe")
     if args.texts:
         batches = [args.texts]
         as_json = args.json

@@ -217,6 +217,13 @@ class MatchIndex:
                 f"{info.get('entities')}; rebuild the artifact"
             )
 
+    def hidden_mask(self) -> np.ndarray:
+        """A copy of the bool (n_entities,) mask of this index's entities hidden by updates
+        (all False for an artifact without layers)."""
+        if self._hidden is None:
+            return np.zeros(self.n_entities, dtype=bool)
+        return self._hidden.copy()
+
     def _hide(self, hidden: np.ndarray) -> None:
         """Hide the entities where ``hidden`` (bool (n_entities,)) is set from every query."""
         import faiss

@@ -25,9 +25,10 @@ class Matcher:
     model's vectors (Matryoshka) before normalization.
 
     ``mode`` is "zero-shot", "head-only" or "full" (None: chosen by ``fit`` from the
-    training data). ``scorer`` is "index" (FAISS search, in the fine-tuned space after
-    training) or "head" (the classifier head, labelled entities only); None uses the
-    artifact's default: "head" after head-only training, else "index".
+    training data). ``scorer`` is "hybrid" (FAISS search in the fine-tuned space, its best
+    candidates re-ranked by the classifier head: the default after training), "index" (the
+    search alone) or "head" (the classifier head, labelled entities only); None uses the
+    artifact's default ("index" without training).
     """
 
     def __init__(
@@ -58,6 +59,7 @@ class Matcher:
         self.index: MatchIndex | None = None
         self._workdir: Path | None = None
         self._head: Any = None
+        self._hybrid: Any = None
 
     # -- building ------------------------------------------------------------------------
     def fit(
@@ -126,7 +128,7 @@ class Matcher:
                 overwrite=True,
                 **kwargs,
             )
-        self._head = None
+        self._head = self._hybrid = None
         training = self.index.manifest.get("training") or {}
         self.mode = training.get("mode", "zero-shot")
         return self
@@ -145,14 +147,18 @@ class Matcher:
     ) -> Any:
         """Upstream's shape: dict or None (one text, ``top_k=1``), lists otherwise.
 
-        With the "head" scorer, ``score`` is the head's probability and only labelled
-        entities can be returned.
+        With the "hybrid" scorer (the default after training), ``score`` is the cosine plus
+        ``HYBRID_WEIGHT`` times the head's probability of the entity; with "head" it is the
+        head's probability, and only labelled entities can be returned.
         """
         if self.index is None:
             raise NemFaissError("call fit() (or Matcher.load) before match()")
         threshold = self.threshold if threshold is None else threshold
-        if self._scorer() == "head":
+        scorer = self._scorer()
+        if scorer == "head":
             return self._head_scorer().match(texts, top_k=top_k, threshold=threshold)
+        if scorer == "hybrid":
+            return self._hybrid_scorer().match(texts, top_k, threshold, nprobe)
         return self.index.match(texts, top_k=top_k, threshold=threshold, nprobe=nprobe)
 
     def _scorer(self) -> str:
@@ -165,6 +171,13 @@ class Matcher:
         if self._head is None:
             self._head = HeadScorer(self.index, load_head(self.index))
         return self._head
+
+    def _hybrid_scorer(self) -> Any:
+        from .train import HybridScorer
+
+        if self._hybrid is None:
+            self._hybrid = HybridScorer(self.index, self._head_scorer().head)
+        return self._hybrid
 
     async def match_async(self, *args: Any, **kwargs: Any) -> Any:
         """:meth:`match` in a worker thread."""

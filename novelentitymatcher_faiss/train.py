@@ -9,8 +9,9 @@ the model folder (body and head), so the artifact is self-contained. Everything 
 once, at the end, through the atomic artifact writer: an interrupted training leaves the
 previous artifact as it was. Checkpoints live in a temp dir that is always removed.
 
-Matching still searches the FAISS index, now in the fine-tuned space. The head
-(:class:`ClassifierHead`) is an alternative scorer over the labelled entities only.
+Matching still searches the FAISS index, now in the fine-tuned space. By default the head
+(:class:`ClassifierHead`) then re-ranks the index's best candidates (:class:`HybridScorer`);
+it can also score alone, over the labelled entities only (:class:`HeadScorer`).
 """
 
 from __future__ import annotations
@@ -46,7 +47,11 @@ MODES = ("zero-shot", "head-only", "full")
 MIN_EXAMPLES_FOR_FULL = 3
 #: Trainable model used when the requested one is static (potion, MRL static embeddings).
 TRAINING_MODEL = "mpnet"
-SCORERS = ("index", "head")
+SCORERS = ("hybrid", "index", "head")
+#: The hybrid scorer re-ranks this many of the index's best entities per query (or top_k).
+HYBRID_CANDIDATES = 10
+#: ... adding this weight times the head's probability to a labelled entity's cosine.
+HYBRID_WEIGHT = 0.2
 #: File of the classifier head inside a bundled model folder (safetensors, no pickle).
 HEAD_FILE = "classifier_head.safetensors"
 SAMPLING_STRATEGIES = ("undersampling", "oversampling", "unique")
@@ -337,6 +342,55 @@ class HeadScorer:
                 ]
         shaped = [(hits[0] if hits else None) if top_k == 1 else hits for hits in out]
         return shaped[0] if single else shaped
+
+
+class HybridScorer:
+    """The index's best entities re-ranked with the classifier head.
+
+    One encode and one index search per query, as with the index alone. Each of the best
+    ``max(top_k, HYBRID_CANDIDATES)`` entities scores ``cosine + weight * p`` where ``p``
+    is the head's softmax probability of that entity (0 for entities without training
+    examples), so ``score`` lies in [-1, 1 + weight]. Every entity stays reachable; the head
+    adds what the examples say about the labelled ones.
+    """
+
+    def __init__(self, index: Any, head: ClassifierHead, weight: float = HYBRID_WEIGHT) -> None:
+        if index.model_dim != head.weight.shape[1]:
+            raise NemFaissError(
+                f"classifier head width {head.weight.shape[1]} != model dim {index.model_dim}"
+            )
+        self.index, self.head, self.weight = index, head, weight
+        self._column = {label: j for j, label in enumerate(head.labels)}
+
+    def match(
+        self,
+        texts: str | Sequence[str],
+        top_k: int = 1,
+        threshold: float | None = None,
+        nprobe: int | None = None,
+        batch_size: int = 4096,
+    ) -> Any:
+        """Same shapes as :meth:`MatchIndex.match`: dict/None, or lists of them."""
+        return self.index._match(texts, top_k, threshold, nprobe, batch_size, False, self._search)
+
+    def _search(
+        self, vectors: np.ndarray, top_k: int, threshold: float | None, nprobe: int | None
+    ) -> list[list[dict[str, Any]]]:
+        """Search float32 (nq, dim) index vectors, re-rank, keep ``top_k`` over ``threshold``."""
+        found = self.index._search(vectors, max(top_k, HYBRID_CANDIDATES), None, nprobe)
+        dense = vectors[:, : self.index.model_dim]
+        if self.index.lexical is not None:  # undo the index's weighting of the dense part
+            dense = dense / np.sqrt(1.0 - self.index.lexical.weight)
+        probabilities = self.head.probabilities(dense)
+        out = []
+        for hits, row in zip(found, probabilities, strict=True):
+            for hit in hits:
+                column = self._column.get(hit["id"])
+                if column is not None:
+                    hit["score"] += self.weight * float(row[column])
+            hits.sort(key=lambda hit: -hit["score"])
+            out.append([h for h in hits if threshold is None or h["score"] >= threshold][:top_k])
+        return out
 
 
 # ---------------------------------------------------------------------------- training
@@ -650,7 +704,7 @@ def train_index(
             base_id=f"{record['base_model']['id']} ({suffix})",
         )
         record["head"] = {"type": "logistic-regression", "c": head_c, "labels": len(head.labels)}
-        record["default_scorer"] = "head" if mode == "head-only" else "index"
+        record["default_scorer"] = "hybrid"
         record["versions"] = _versions()
         record["train_seconds"] = round(time.perf_counter() - started, 3)
         return build_index(

@@ -26,6 +26,7 @@ import os
 import shutil
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,18 @@ _CHUNK = 65536
 #: of the base is hidden; otherwise it compacts.
 LAYER_MAX_SHARE = 0.25
 MAX_LAYERS = 8
+
+
+@dataclass
+class _Change:
+    """One update, as both ways of writing it take it."""
+
+    masks: list[np.ndarray]  # per segment (base, then layers): bool (n_entities,) hidden after
+    added: list[dict[str, Any]]  # entities to encode, in order
+    counts: dict[str, int]  # added / replaced / removed entities, for the lineage
+    started: float  # time.perf_counter() when the update began
+    batch_size: int
+    show_progress: bool
 
 
 def update_index(
@@ -107,8 +120,9 @@ def update_index(
             "is neither flat nor IVF; update with compact=True"
         )
     write = _write_compacted if compact else _write_layer
+    change = _Change(masks, added, changes, started, batch_size, show_progress)
     with atomic_directory(target, overwrite=overwrite) as tmp:
-        write(old, tmp, masks, added, changes, started, batch_size, show_progress)
+        write(old, tmp, change)
     return _open_fresh(target)
 
 
@@ -125,8 +139,7 @@ def _hidden_after(
     if bad:
         raise CatalogError(f"ids to remove must be strings, got {bad[0]!r}")
     segments = [old, *old.layers]
-    masks = [np.zeros(s.n_entities, bool) if s._hidden is None else s._hidden.copy()
-             for s in segments]  # fmt: skip
+    masks = [segment.hidden_mask() for segment in segments]
 
     def hide(entity_id: str) -> bool:
         for mask, segment in zip(masks, segments, strict=True):
@@ -167,17 +180,10 @@ def _should_compact(old: MatchIndex, base_hidden: np.ndarray, n_added: int) -> b
     )
 
 
-def _write_layer(
-    old: MatchIndex,
-    tmp: Path,
-    masks: list[np.ndarray],
-    added: list[dict[str, Any]],
-    changes: dict[str, int],
-    started: float,
-    batch_size: int,
-    show_progress: bool,
-) -> None:
-    """Hard-link the old artifact into ``tmp``, add a layer for ``added``, write masks."""
+def _write_layer(old: MatchIndex, tmp: Path, change: _Change) -> None:
+    """Hard-link the old artifact into ``tmp``, add a layer for the added entities, write
+    the masks."""
+    masks, added = change.masks, change.added
     info = old.manifest.get("layers") or {"segments": []}
     old_masks = {info.get("hidden"), *(entry.get("hidden") for entry in info["segments"])}
     records = {}
@@ -189,7 +195,7 @@ def _write_layer(
     if added:
         number = 1 + max((int(entry["dir"].rsplit("-", 1)[1]) for entry in segments), default=0)
         folder = f"layer-{number:03d}"
-        _build_layer(old, added, tmp / folder, batch_size, show_progress)
+        _build_layer(old, added, tmp / folder, change.batch_size, change.show_progress)
         segments.append({"dir": folder})
         masks = [*masks, np.zeros(0, bool)]
     names = []
@@ -204,7 +210,7 @@ def _write_layer(
     reused = sum(int((~mask[np.asarray(segment.row_entity)]).sum())
                  for segment, mask in zip(old_segments, masks, strict=False))  # fmt: skip
     encoded = _counts(tmp / segments[-1]["dir"])["vectors"] if added else 0
-    manifest = _manifest(old, old.manifest["counts"], changes, started, reused, encoded)
+    manifest = _manifest(old, old.manifest["counts"], change, reused, encoded)
     sizes = [old.n_entities, *(_counts(tmp / entry["dir"])["entities"] for entry in segments)]
     manifest["layers"] = {
         "hidden": names[0],
@@ -267,18 +273,11 @@ def _emptied(old: MatchIndex) -> Any:
     return index
 
 
-def _write_compacted(
-    old: MatchIndex,
-    tmp: Path,
-    masks: list[np.ndarray],
-    added: list[dict[str, Any]],
-    changes: dict[str, int],
-    started: float,
-    batch_size: int,
-    show_progress: bool,
-) -> None:
+def _write_compacted(old: MatchIndex, tmp: Path, change: _Change) -> None:
     """A single-index artifact: the old index's visible entities (vector rows reused) plus
-    the visible entities of its layers and ``added`` (encoded)."""
+    the visible entities of its layers and the added ones (encoded)."""
+    masks, added = change.masks, change.added
+    batch_size, show_progress = change.batch_size, change.show_progress
     carried = [layer.entity(row) for layer, mask in zip(old.layers, masks[1:], strict=True)
                for row in np.flatnonzero(~mask)]  # fmt: skip
     dropped = masks[0]
@@ -301,7 +300,7 @@ def _write_compacted(
     if old.manifest["model"].get("bundled"):
         shutil.copytree(old.path / MODEL_DIR, tmp / MODEL_DIR)
     reused = int(kept_rows.sum())
-    manifest = _manifest(old, counts, changes, started, reused, counts["vectors"] - reused)
+    manifest = _manifest(old, counts, change, reused, counts["vectors"] - reused)
     manifest["files"] = file_records(tmp)
     write_manifest(tmp, manifest)
 
@@ -414,12 +413,7 @@ def _empty_like(ivf: Any) -> Any:
 
 
 def _manifest(
-    old: MatchIndex,
-    counts: dict[str, int],
-    changes: dict[str, int],
-    started: float,
-    reused: int,
-    encoded: int,
+    old: MatchIndex, counts: dict[str, int], change: _Change, reused: int, encoded: int
 ) -> dict[str, Any]:
     """The old manifest with new counts and time stamps, and a lineage record."""
     manifest = json.loads(json.dumps(old.manifest))
@@ -436,10 +430,10 @@ def _manifest(
         library_version=__version__,
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         counts=counts,
-        build_seconds=round(time.perf_counter() - started, 3),
+        build_seconds=round(time.perf_counter() - change.started, 3),
         lineage={
             "parents": [parent, *old.manifest.get("lineage", {}).get("parents", [])],
-            **changes,
+            **change.counts,
             "reused_vectors": reused,
             "encoded_vectors": encoded,
         },

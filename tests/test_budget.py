@@ -12,7 +12,10 @@ from novelentitymatcher_faiss.budget import index_bytes, parse_bytes, pick_kind
 from novelentitymatcher_faiss.build import (
     HNSW_QUANTIZER_EF,
     HNSW_QUANTIZER_MIN_NLIST,
+    MAX_ASSIGN_MULTIPLY_ADDS,
+    MAX_DEFAULT_NLIST,
     _choose_index,
+    default_nlist,
     use_graph_quantizer,
 )
 
@@ -50,7 +53,7 @@ def test_large_nlist_gets_an_hnsw_quantizer():
     kind, factory, n_list = _choose_index("ivf-pq", 10_000_000, 512, 40_000, 2 * 10**9)
     assert n_list >= HNSW_QUANTIZER_MIN_NLIST
     assert factory == f"IVF{n_list}_HNSW32,PQ256x4fs"
-    assert _choose_index("ivf-pq-small", 10_000_000, 512, None)[1] == "IVF8192,PQ128x4fs"
+    assert _choose_index("ivf-pq-small", 5_000_000, 256, None)[1] == "IVF8192,PQ64x4fs"
     assert _choose_index("ivf", 1_000_000, 512, None)[1] == "IVF4000,Flat"
 
 
@@ -130,3 +133,12 @@ def test_a_flat_quantizer_swapped_for_a_graph_keeps_the_lists_and_answers(tmp_pa
     reread = faiss.read_index(str(tmp_path / "swapped.faiss"))
     assert isinstance(faiss.downcast_index(faiss.extract_index_ivf(reread).quantizer),
                       faiss.IndexHNSWFlat)  # fmt: skip
+
+
+def test_default_nlist_follows_sqrt_n_then_the_assignment_cost():
+    assert default_nlist(1000, 256) == 25  # 39 training vectors per list at least
+    assert default_nlist(1_298_966, 512) == int(4 * 1_298_966**0.5)  # 4 sqrt(n)
+    assert default_nlist(5_000_000, 256) == MAX_DEFAULT_NLIST
+    big = default_nlist(13_148_916, 512)  # exact assignment stays within its budget
+    assert big < MAX_DEFAULT_NLIST and 13_148_916 * 512 * big <= MAX_ASSIGN_MULTIPLY_ADDS
+    assert 13_148_916 * 512 * (big + 1) > MAX_ASSIGN_MULTIPLY_ADDS

@@ -230,11 +230,11 @@ def test_manifest_records_the_training(tuned, split):
     )
 
 
-def test_saved_matcher_reopens_with_both_scorers(tuned, split):
+def test_saved_matcher_reopens_with_every_scorer(tuned, split):
     held = [row["text"] for row in split[1]]
     reopened = Matcher.load(tuned["path"])
     assert reopened.mode == "full" and reopened.scorer is None
-    assert reopened.index.manifest["training"]["default_scorer"] == "index"
+    assert reopened.index.manifest["training"]["default_scorer"] == "hybrid"
     assert reopened.match(held, top_k=3) == tuned["matcher"].match(held, top_k=3)
     head = Matcher.load(tuned["path"])
     head.scorer = "head"
@@ -244,18 +244,50 @@ def test_saved_matcher_reopens_with_both_scorers(tuned, split):
     assert top1(head, split[1]) > 0.5
 
 
+def test_hybrid_scores_are_the_cosine_plus_the_weighted_head_probability(tuned, split):
+    from novelentitymatcher_faiss.train import HYBRID_WEIGHT, HybridScorer, load_head
+
+    index = tuned["matcher"].index
+    head = load_head(index)
+    column = {label: j for j, label in enumerate(head.labels)}
+    held = [row["text"] for row in split[1]]
+    found = HybridScorer(index, head).match(held, top_k=3, threshold=None)
+    plain = index.match(held, top_k=10)
+    probabilities = head.probabilities(index.encoder.encode([index._normalize(t, 0) for t in held]))
+    for hits, candidates, row in zip(found, plain, probabilities, strict=True):
+        cosine = {hit["id"]: hit["score"] for hit in candidates}
+        assert len(hits) == 3 and [h["score"] for h in hits] == sorted(
+            (h["score"] for h in hits), reverse=True
+        )
+        for hit in hits:
+            bonus = HYBRID_WEIGHT * row[column[hit["id"]]] if hit["id"] in column else 0.0
+            assert hit["score"] == pytest.approx(cosine[hit["id"]] + bonus, abs=1e-5)
+    assert HybridScorer(index, head, weight=0.0).match(held, top_k=3) == index.match(held, top_k=3)
+    # entities without examples stay reachable: their own names find them
+    others = [e for e in read_catalog(CATALOG) if e["id"] not in column][:30]
+    hits = tuned["matcher"].match([e["name"] for e in others], threshold=-1.0)
+    assert sum(hit["id"] == e["id"] for hit, e in zip(hits, others, strict=True)) >= 27
+    assert tuned["matcher"].match("", threshold=None) is None
+
+
 def test_head_only_leaves_the_body_bit_identical(head_only, split):
     from safetensors.numpy import load_file
 
     manifest = head_only.index.manifest
-    assert head_only.mode == "head-only" and manifest["training"]["default_scorer"] == "head"
+    assert head_only.mode == "head-only" and manifest["training"]["default_scorer"] == "hybrid"
     before = load_file(str(fetch_model("minilm", show_progress=False) / "model.safetensors"))
     after = load_file(str(head_only.index.path / MODEL_DIR / "model.safetensors"))
     assert before.keys() == after.keys()
     for name, tensor in before.items():
         assert np.array_equal(tensor, after[name]), name
-    # the head is what learned: it beats the (unchanged) index on the held-out variants
+    # the head is what learned: with it (alone, or re-ranking the unchanged index) the
+    # held-out variants are found more often than by the index alone
     assert top1(head_only, split[1]) > top1(head_only.index, split[1])
+    head_only.scorer = "head"
+    try:
+        assert top1(head_only, split[1]) > top1(head_only.index, split[1])
+    finally:
+        head_only.scorer = None
 
 
 def test_cli_train_with_the_same_seed_gives_identical_vectors(tuned, split, tmp_path):
@@ -279,6 +311,22 @@ def test_cli_train_with_the_same_seed_gives_identical_vectors(tuned, split, tmp_
     np.testing.assert_array_equal(first.encoder.encode(texts), second.encoder.encode(texts))
     base = load_encoder("minilm", show_progress=False).encode(texts)
     assert not np.allclose(base, second.encoder.encode(texts), atol=1e-3)
+
+
+def test_cli_query_uses_the_trained_artifacts_scorer(tuned, split, capsys):
+    texts = [row["text"] for row in split[1]][:8]
+
+    def query(*extra: str) -> list[dict[str, Any]]:
+        capsys.readouterr()
+        argv = ["query", str(tuned["path"]), *texts, "--top-k", "2", "--json", *extra]
+        assert cli_main(argv) == 0
+        return [json.loads(line)["matches"] for line in capsys.readouterr().out.splitlines()]
+
+    hybrid = Matcher.load(tuned["path"])
+    assert query() == query("--scorer", "hybrid") == hybrid.match(texts, top_k=2, threshold=-1)
+    assert query("--scorer", "index") == load_index(tuned["path"]).match(texts, top_k=2)
+    assert query("--scorer", "index") != query()  # the head moved some of them
+    assert cli_main(["query", str(tuned["path"]), "x", "--scorer", "best"]) == 2
 
 
 class _Interrupt(TrainerCallback):
