@@ -150,7 +150,9 @@ def to_markdown(doc: dict[str, Any]) -> str:
         "child process (peak RSS = its VmHWM, mapped file pages included); catalog "
         f"generated in {doc['catalog_s']:.0f} s. Open = `load_index` in fresh processes "
         "(median); single = `index.match(text)`, encode included, one-letter-typo queries; "
-        "recall against exact search over the stored vectors.\n",
+        "recall against exact search over the stored vectors."
+        + (f" Build figures from the run of {b['measured_at']} (`--measure-only`)."
+           if "measured_at" in b else "") + "\n",
         markdown_table(["entities", "vectors", "index", "build", "peak RSS", "artifact",
                         "index.faiss", "open", "single p50 / p99 ms",
                         "recall@1 / R@10 / 10-recall@10"], rows),
@@ -181,13 +183,13 @@ def main(argv: list[str] | None = None) -> int:
                            "environment": info, "catalog_s": time.perf_counter() - started}
     out = artifact_bench.artifact_dir(args.size, f"budget-{args.budget}",
                                       make_catalog.DEFAULT_SEED)  # fmt: skip
-    print(f"building {out.name} ...", flush=True)
+    print(f"{'measuring' if args.measure_only else 'building'} {out.name} ...", flush=True)
     options = {"target_recall": args.target_recall, "target_top1": args.target_recall}
     doc["build_options"] = options
     if args.measure_only:
         last = json.loads((RESULTS_DIR / "large.json").read_text(encoding="utf-8"))
         doc["build_options"], doc["build"] = last["build_options"], last["build"]
-        doc["build"]["measured_at"] = last["started_at"]
+        doc["build"].setdefault("measured_at", last["started_at"])
     else:
         doc["build"] = build(catalog, out, args.budget, options)
     print(f"  built in {doc['build']['wall_s'] / 60:.1f} min, peak RSS "
