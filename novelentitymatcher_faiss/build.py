@@ -66,7 +66,7 @@ INDEX_TYPES = ("auto", "flat", "ivf", "ivf-sq8", "ivf-pq", "ivf-pq-small")
 #: The default nlist stops growing here: k-means cost grows with nlist squared.
 MAX_DEFAULT_NLIST = 8192
 #: ... and stops where assigning every vector exactly (n x nlist x d multiply-adds, BLAS)
-#: would pass this: about 10 minutes on two cores. 13M vectors of 512-d get 4,470 lists
+#: would pass this: about 10 minutes on two cores. 13M vectors of 512-d get 4,456 lists
 #: instead of 8,192 (measured at 8,192: 17 min of adding, the largest part of the build).
 MAX_ASSIGN_MULTIPLY_ADDS = 3 * 10**13
 #: IVF training takes 64 vectors per list, but no more than this (and never under 40 per
