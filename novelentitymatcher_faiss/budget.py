@@ -11,8 +11,9 @@ import re
 
 #: Kinds in order of preference for ``index_type="auto"`` with a budget (most accurate
 #: first). Fast-scan PQ lists are read into RAM when the index opens (plain lists stay
-#: memory-mapped), so the budget's PQ kind is "ivf-pq-small": half ivf-pq's code, half its
-#: open and scan time; "ivf-pq" is left to explicit requests.
+#: memory-mapped), so the budget's PQ kind is "ivf-pq-small": a quarter of ivf-pq's code
+#: and of its open time, at the same recall after exact re-rank (docs/scaling.md); "ivf-pq"
+#: is left to explicit requests.
 BUDGET_KINDS = ("ivf", "ivf-sq8", "ivf-pq-small")
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
           "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}  # fmt: skip
@@ -46,10 +47,18 @@ def index_bytes(kind: str, n: int, d: int, nlist: int) -> int:
         return n * (4 * d + 8) + centroids
     if kind == "ivf-sq8":
         return n * (d + 8) + centroids + 8 * d  # + per-dimension min and range
-    m = (d // 2 if d % 2 == 0 else d) if kind == "ivf-pq" else (d // 4 if d % 4 == 0 else d)
+    m = pq_subquantizers(kind, d)
     code = -(-m // 2)  # PQ{m}x4fs: m sub-quantizers of 4 bits
     codebooks = m * 16 * (d // m) * 4
     return n * (code + 8) + centroids + codebooks + nlist * 32 * code
+
+
+def pq_subquantizers(kind: str, d: int) -> int:
+    """4-bit sub-quantizers of a PQ ``kind`` for dimension ``d``: the smallest divisor of
+    ``d`` that is at least d/2 for "ivf-pq" (2 dimensions each) or d/8 for "ivf-pq-small"
+    (8 dimensions each, d/16 bytes of code per vector)."""
+    share = 2 if kind == "ivf-pq" else 8
+    return next(m for m in range(max(1, -(-d // share)), d + 1) if d % m == 0)
 
 
 def pick_kind(n: int, d: int, nlist: int, budget: int, flat_max_vectors: int) -> str:

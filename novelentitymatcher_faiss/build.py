@@ -35,7 +35,7 @@ from .artifact import (
     open_faiss_index,
     write_manifest,
 )
-from .budget import BUDGET_KINDS, index_bytes, parse_bytes, pick_kind
+from .budget import BUDGET_KINDS, index_bytes, parse_bytes, pick_kind, pq_subquantizers
 from .catalog import MAX_TEXT_CHARS, read_catalog
 from .encoders import Encoder, load_encoder
 from .errors import ArtifactError, CatalogError
@@ -107,7 +107,7 @@ def build_index(
 
     ``index_type``: "flat", "ivf", "ivf-sq8", "ivf-pq" (4-bit fast-scan PQ with exact
     re-rank of ``rerank`` x candidates from stored vectors, default 4), "ivf-pq-small" (the
-    same with half the sub-quantizers: d/8 bytes per vector), "auto" (flat below
+    same with a quarter of the sub-quantizers: d/16 bytes per vector), "auto" (flat below
     ``AUTO_FLAT_MAX_VECTORS`` vectors, else "ivf") or any FAISS factory string. For IVF
     indexes ``nprobe`` defaults to the smallest value whose recall@10 against exact search
     (FAISS's R@10: the exact nearest neighbour is among the 10 returned), on typo'd samples
@@ -399,7 +399,7 @@ def _choose_index(
     if kind == "ivf-sq8":
         return kind, f"{coarse},SQ8", n_list
     if kind in ("ivf-pq", "ivf-pq-small"):
-        # 4-bit fast-scan PQ (d/4 or d/8 bytes per vector): trains in seconds, where 8-bit
+        # 4-bit fast-scan PQ (d/4 or d/16 bytes per vector): trains in seconds, where 8-bit
         # PQ training takes minutes on two cores, and scans several times faster than 8-bit
         # codes; exact re-rank restores the ranking.
         return kind, f"{coarse},PQ{pq_subquantizers(kind, d)}x4fs", n_list
@@ -417,12 +417,6 @@ def _choose_index(
     except RuntimeError:
         n_list = 0
     return "factory", kind, n_list
-
-
-def pq_subquantizers(kind: str, d: int) -> int:
-    """4-bit sub-quantizers of ``kind``: d/2 for "ivf-pq", d/4 for "ivf-pq-small" (else d)."""
-    share = 2 if kind == "ivf-pq" else 4
-    return d // share if d % share == 0 else d
 
 
 def training_sample_size(factory: str, d: int) -> int:
