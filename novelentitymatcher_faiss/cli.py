@@ -221,19 +221,10 @@ def _query(args: argparse.Namespace) -> int:
 
     index = load_shards([args.artifact, *args.shard]) if args.shard else load_index(args.artifact)
     kwargs = {"top_k": args.top_k, "threshold": args.threshold, "nprobe": args.nprobe}
-    training = {} if args.shard else index.manifest.get("training") or {}
-    scorer = args.scorer or training.get("default_scorer", "index")
-    if scorer != "index":
-        from .train import SCORERS, HeadScorer, HybridScorer, load_head
+    if args.scorer not in (None, "index") or not args.shard:
+        from .train import scorer_for
 
-        if scorer not in SCORERS:
-            raise NemFaissError(f"--scorer {scorer!r} is not one of {SCORERS}")
-        if args.shard:
-            raise NemFaissError("a shard set is searched with --scorer index only")
-        head = load_head(index)
-        index = HybridScorer(index, head) if scorer == "hybrid" else HeadScorer(index, head)
-        if scorer == "head":
-            kwargs.pop("nprobe")
+        index = scorer_for(index, args.scorer)
     if args.texts:
         batches = [args.texts]
         as_json = args.json

@@ -58,8 +58,7 @@ class Matcher:
         self.show_progress = show_progress
         self.index: MatchIndex | None = None
         self._workdir: Path | None = None
-        self._head: Any = None
-        self._hybrid: Any = None
+        self._scorers: dict[str | None, Any] = {}  # scorer name -> what answers match
 
     # -- building ------------------------------------------------------------------------
     def fit(
@@ -128,7 +127,7 @@ class Matcher:
                 overwrite=True,
                 **kwargs,
             )
-        self._head = self._hybrid = None
+        self._scorers = {}
         training = self.index.manifest.get("training") or {}
         self.mode = training.get("mode", "zero-shot")
         return self
@@ -154,30 +153,12 @@ class Matcher:
         if self.index is None:
             raise NemFaissError("call fit() (or Matcher.load) before match()")
         threshold = self.threshold if threshold is None else threshold
-        scorer = self._scorer()
-        if scorer == "head":
-            return self._head_scorer().match(texts, top_k=top_k, threshold=threshold)
-        if scorer == "hybrid":
-            return self._hybrid_scorer().match(texts, top_k, threshold, nprobe)
-        return self.index.match(texts, top_k=top_k, threshold=threshold, nprobe=nprobe)
+        if self.scorer not in self._scorers:
+            from .train import scorer_for
 
-    def _scorer(self) -> str:
-        training = self.index.manifest.get("training") or {}
-        return self.scorer or training.get("default_scorer", "index")
-
-    def _head_scorer(self) -> Any:
-        from .train import HeadScorer, load_head
-
-        if self._head is None:
-            self._head = HeadScorer(self.index, load_head(self.index))
-        return self._head
-
-    def _hybrid_scorer(self) -> Any:
-        from .train import HybridScorer
-
-        if self._hybrid is None:
-            self._hybrid = HybridScorer(self.index, self._head_scorer().head)
-        return self._hybrid
+            self._scorers[self.scorer] = scorer_for(self.index, self.scorer)
+        scorer = self._scorers[self.scorer]
+        return scorer.match(texts, top_k=top_k, threshold=threshold, nprobe=nprobe)
 
     async def match_async(self, *args: Any, **kwargs: Any) -> Any:
         """:meth:`match` in a worker thread."""

@@ -299,6 +299,31 @@ def load_head(index: Any) -> ClassifierHead:
     return ClassifierHead.load(path)
 
 
+def _check_head(index: Any, head: ClassifierHead) -> None:
+    if index.model_dim != head.weight.shape[1]:
+        raise NemFaissError(
+            f"classifier head width {head.weight.shape[1]} != model dim {index.model_dim}"
+        )
+
+
+def scorer_for(index: Any, name: str | None = None) -> Any:
+    """What answers ``match(texts, top_k, threshold, nprobe)`` for scorer ``name`` on an
+    opened artifact: the index itself ("index"), a :class:`HybridScorer` or a
+    :class:`HeadScorer`. ``None`` takes the artifact's ``default_scorer`` ("index" for
+    untrained artifacts and shard sets)."""
+    manifest = getattr(index, "manifest", None) or {}
+    default = (manifest.get("training") or {}).get("default_scorer", "index")
+    name = name or default
+    if name not in SCORERS:
+        raise NemFaissError(f"scorer {name!r} is not available; choose one of {SCORERS}")
+    if name == "index":
+        return index
+    if not manifest:
+        raise NemFaissError(f"scorer {name!r} needs one trained artifact, not a shard set")
+    head = load_head(index)
+    return HybridScorer(index, head) if name == "hybrid" else HeadScorer(index, head)
+
+
 class HeadScorer:
     """Match texts with the classifier head instead of the index (labelled entities only).
 
@@ -307,18 +332,20 @@ class HeadScorer:
     """
 
     def __init__(self, index: Any, head: ClassifierHead) -> None:
-        if index.model_dim != head.weight.shape[1]:
-            raise NemFaissError(
-                f"classifier head width {head.weight.shape[1]} != model dim {index.model_dim}"
-            )
+        _check_head(index, head)
         self.index = index
         self.head = head
         self.names = [(index.get(label) or {"name": label})["name"] for label in head.labels]
 
     def match(
-        self, texts: str | Sequence[str], top_k: int = 1, threshold: float | None = None
+        self,
+        texts: str | Sequence[str],
+        top_k: int = 1,
+        threshold: float | None = None,
+        nprobe: int | None = None,
     ) -> Any:
-        """Same shapes as :meth:`MatchIndex.match`: dict/None, or lists of them."""
+        """Same shapes as :meth:`MatchIndex.match`: dict/None, or lists of them. ``nprobe``
+        is accepted for a uniform call and unused: the head scores every label."""
         from .match_index import _as_query_list, _check_top_k
 
         single = isinstance(texts, str)
@@ -355,10 +382,7 @@ class HybridScorer:
     """
 
     def __init__(self, index: Any, head: ClassifierHead, weight: float = HYBRID_WEIGHT) -> None:
-        if index.model_dim != head.weight.shape[1]:
-            raise NemFaissError(
-                f"classifier head width {head.weight.shape[1]} != model dim {index.model_dim}"
-            )
+        _check_head(index, head)
         self.index, self.head, self.weight = index, head, weight
         self._column = {label: j for j, label in enumerate(head.labels)}
 

@@ -103,3 +103,7 @@ def test_cli_query_with_shards(built, capsys):
     assert [m["score"] for m in line["matches"]] == pytest.approx(
         [h["score"] for h in expected], abs=1e-5
     )
+    assert cli_main([*argv, "--scorer", "index"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[0]) == line
+    assert cli_main([*argv, "--scorer", "hybrid"]) == 2
+    assert "not a shard set" in capsys.readouterr().err

@@ -1,0 +1,144 @@
+"""PQ code size for the ``ivf-pq`` kinds: fewer 4-bit sub-quantizers against recall and speed.
+
+Re-indexes the vectors of the artifact benchmark's ``ivf-pq`` artifact (1M entities by
+default; build it first with ``python benchmarks/artifact_bench.py --sizes 1M``) with the
+same coarse lists and ``PQ{M}x4fs`` codes for each ``M``, in one process, and measures:
+build (train + add) seconds, index bytes, opening the index file (median of 5, page cache
+warm), and for each nprobe the tie-aware recall@1 and R@10 (the exact top hit is among the
+10 returned) after the library's exact re-rank, against exact search, on one-letter-typo
+queries of the catalog's own texts, plus the single-query search p50 on one thread
+(encoding excluded: it is the same for every M).
+
+    python benchmarks/pq_bench.py [--size 1M] [--subquantizers 128 64] [--nprobe 16 32 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from common import (
+    faiss_threads,
+    human_bytes,
+    library_versions,
+    machine_info,
+    markdown_table,
+    percentile,
+    pin_threads,
+    print_environment,
+    write_results,
+)
+
+
+def measure(ix: Any, queries: Any, vectors: Any, truth: Any, nprobes: list[int], rerank: int,
+            singles: int) -> list[dict[str, Any]]:  # fmt: skip
+    """Recall and single-query latency of ``ix`` at each nprobe."""
+    import numpy as np
+
+    from novelentitymatcher_faiss.search import scores_of_rows, search
+
+    rows = []
+    for nprobe in nprobes:
+        _, found = search(ix, queries, 10, nprobe=nprobe, vectors=vectors, rerank=rerank)
+        exact = scores_of_rows(queries, found, vectors)
+        hit = exact >= truth[:, :1] - 1e-5
+        times = []
+        for q in queries[:singles]:
+            start = time.perf_counter()
+            search(ix, q[None], 10, nprobe=nprobe, vectors=vectors, rerank=rerank)
+            times.append((time.perf_counter() - start) * 1e3)
+        rows.append({
+            "nprobe": nprobe,
+            "recall_at_1": float(np.mean(hit[:, 0])),
+            "r_at_10": float(np.mean(hit.any(axis=1))),
+            "single_p50_ms": statistics.median(times),
+            "single_p99_ms": percentile(times, 99),
+        })  # fmt: skip
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", default="1M")
+    parser.add_argument("--subquantizers", type=int, nargs="+", default=[128, 64])
+    parser.add_argument("--nprobe", type=int, nargs="+", default=[16, 32, 64])
+    parser.add_argument("--rerank", type=int, default=4)
+    parser.add_argument("--queries", type=int, default=500)
+    parser.add_argument("--singles", type=int, default=200)
+    args = parser.parse_args(argv)
+    threads = pin_threads(2)
+
+    import artifact_bench
+    import faiss
+    import make_catalog
+
+    from novelentitymatcher_faiss import load_index
+    from novelentitymatcher_faiss.artifact import open_faiss_index
+    from novelentitymatcher_faiss.build import _train_and_add, _typo_queries
+    from novelentitymatcher_faiss.search import exact_knn
+
+    info = {"machine": machine_info(), "versions": library_versions(), "threads": threads}
+    print_environment(info)
+    size = make_catalog.parse_size(args.size)
+    path = artifact_bench.artifact_dir(size, "ivf-pq", make_catalog.DEFAULT_SEED)
+    if not path.exists():
+        print(f"{path} is missing: run benchmarks/artifact_bench.py --sizes {args.size} first")
+        return 2
+    source = load_index(path)
+    vectors, nlist = source.vectors, source.manifest["index"]["nlist"]
+    queries = _typo_queries(path, source.encoder, source.lexical, source.normalizer, 7)
+    queries = queries[: args.queries]
+    print(f"{len(vectors):,} vectors of {vectors.shape[1]}-d, {len(queries)} typo queries; "
+          "exact search ...", flush=True)  # fmt: skip
+    truth, _ = exact_knn(queries, vectors, 1)
+    results = []
+    for m in args.subquantizers:
+        factory = f"IVF{nlist},PQ{m}x4fs"
+        faiss_threads(2)
+        start = time.perf_counter()
+        ix = _train_and_add(factory, vectors, 0, True)
+        build_s = time.perf_counter() - start
+        with tempfile.TemporaryDirectory() as tmp:
+            file = Path(tmp) / "index.faiss"
+            faiss.write_index(ix, str(file))
+            opens = []
+            for _ in range(5):
+                start = time.perf_counter()
+                open_faiss_index(file)
+                opens.append(time.perf_counter() - start)
+            size_bytes = file.stat().st_size
+        faiss_threads(1)
+        rows = measure(ix, queries, vectors, truth, args.nprobe, args.rerank, args.singles)
+        results.append({"factory": factory, "build_s": build_s, "index_bytes": size_bytes,
+                        "open_s": statistics.median(opens), "by_nprobe": rows})  # fmt: skip
+        print(f"{factory}: {human_bytes(size_bytes)}, open {statistics.median(opens):.3f} s, "
+              + "; ".join(f"nprobe {r['nprobe']} R@1 {r['recall_at_1']:.3f} "
+                          f"{r['single_p50_ms']:.2f} ms" for r in rows), flush=True)  # fmt: skip
+    doc = {"benchmark": "pq", "entities": size, "vectors": len(vectors), "rerank": args.rerank,
+           "queries": len(queries), "environment": info, "results": results,
+           "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}  # fmt: skip
+    table = markdown_table(
+        ["index", "bytes", "open s", "build s", "nprobe", "recall@1", "R@10", "single p50 ms"],
+        [[r["factory"], human_bytes(r["index_bytes"]), f"{r['open_s']:.3f}", f"{r['build_s']:.0f}",
+          p["nprobe"], f"{p['recall_at_1']:.3f}", f"{p['r_at_10']:.3f}",
+          f"{p['single_p50_ms']:.2f}"] for r in results for p in r["by_nprobe"]],
+    )  # fmt: skip
+    machine = info["machine"]
+    markdown = (
+        f"# PQ code size ({size:,} entities, {len(vectors):,} vectors)\n\n"
+        f"`python benchmarks/pq_bench.py --size {args.size}`, {doc['started_at']}. "
+        f"Exact re-rank of {args.rerank}x the candidates; {len(queries)} typo queries; "
+        f"single-query search on one thread, encoding excluded. Machine: "
+        f"{machine['cpu_model']}, {machine['usable_cores']} cores.\n\n" + table
+    )
+    write_results("pq", doc, markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
