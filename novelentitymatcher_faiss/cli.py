@@ -218,13 +218,11 @@ def _print_hits(text: str, hits: list[dict[str, Any]], as_json: bool) -> None:
 def _query(args: argparse.Namespace) -> int:
     from .match_index import load_index
     from .shards import load_shards
+    from .train import scorer_for
 
     index = load_shards([args.artifact, *args.shard]) if args.shard else load_index(args.artifact)
     kwargs = {"top_k": args.top_k, "threshold": args.threshold, "nprobe": args.nprobe}
-    if args.scorer not in (None, "index") or not args.shard:
-        from .train import scorer_for
-
-        index = scorer_for(index, args.scorer)
+    index = scorer_for(index, args.scorer)  # a shard set: the index only
     if args.texts:
         batches = [args.texts]
         as_json = args.json
