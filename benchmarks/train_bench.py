@@ -178,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--max-steps", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--fold", type=int, default=0, help="which third is held out (0-2)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
         "--train-threads", type=int, default=1, help="torch threads while training/distilling"
@@ -200,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.holdout:
         train, held = examples, check_training_data(args.holdout, ids)
     else:
-        train, held = holdout_split(examples, exclude=catalog_texts(args.catalog))
+        train, held = holdout_split(examples, exclude=catalog_texts(args.catalog), fold=args.fold)
     print(f"{len(train)} training examples, {len(held)} held out, {len(ids)} entities")
     texts = [row["text"] for row in held]
     rows: list[dict] = []
@@ -258,11 +259,13 @@ def main(argv: list[str] | None = None) -> int:
         ]  # fmt: skip
         print("hybrid weight sweep:", sweep, flush=True)
         folder = tuned.path / MODEL_DIR
-        lexical_index = build_index(
-            args.catalog, work / "tuned-lexical", encoder=load_encoder(str(folder)),
-            lexical=True, show_progress=False,
+        dense_index = build_index(
+            args.catalog, work / "tuned-dense", encoder=load_encoder(str(folder)),
+            lexical=False, show_progress=False,
         )  # fmt: skip
-        record(f"fine-tuned {args.base_model} + lexical", lexical_index, mode="full")
+        record(f"fine-tuned {args.base_model}, dense only (index)", dense_index, mode="full")
+        record(f"fine-tuned {args.base_model}, dense only (hybrid)",
+               HybridScorer(dense_index, load_head(tuned)), mode="full")  # fmt: skip
 
         torch.set_num_threads(args.train_threads)
         started = time.perf_counter()
@@ -302,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         "data": {
             "catalog": str(args.catalog.relative_to(REPO_DIR)),
             "training": str(args.training.relative_to(REPO_DIR)),
-            "holdout": str(args.holdout) if args.holdout else "holdout_split(fraction=1/3)",
+            "holdout": str(args.holdout) if args.holdout else f"holdout_split(fold={args.fold})",
             "train_examples": len(train),
             "held_out": len(held),
             "other_entity_typos": len(others),

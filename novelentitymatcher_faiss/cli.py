@@ -33,6 +33,9 @@ def _parser() -> argparse.ArgumentParser:
         "--bundle-model", action="store_true", help="copy the model into the artifact"
     )
     build.add_argument("--no-normalize", action="store_true", help="do not normalize texts")
+    build.add_argument(
+        "--no-lexical", action="store_true", help="dense vectors only, no character n-grams"
+    )
     build.add_argument("--overwrite", action="store_true", help="replace an existing artifact")
     build.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -58,6 +61,9 @@ def _parser() -> argparse.ArgumentParser:
         "--distill", action="store_true", help="distill into a static model2vec model"
     )
     train.add_argument("--distill-dims", type=int, default=256, help="PCA dims of --distill")
+    train.add_argument(
+        "--no-lexical", action="store_true", help="dense vectors only, no character n-grams"
+    )
     train.add_argument("--overwrite", action="store_true", help="replace an existing artifact")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -142,6 +148,7 @@ def _build(args: argparse.Namespace) -> int:
         nprobe=args.nprobe,
         batch_size=args.batch_size,
         normalize=not args.no_normalize,
+        lexical=not args.no_lexical,
         bundle_model=args.bundle_model,
         overwrite=args.overwrite,
         show_progress=not args.quiet,
@@ -192,6 +199,7 @@ def _train(args: argparse.Namespace) -> int:
         learning_rate=args.learning_rate,
         seed=args.seed,
         distill={"pca_dims": args.distill_dims} if args.distill else False,
+        lexical=not args.no_lexical,
         overwrite=args.overwrite,
         show_progress=not args.quiet,
     )

@@ -38,6 +38,7 @@ from .artifact import MODEL_DIR
 from .catalog import MAX_TEXT_CHARS, read_catalog
 from .encoders import Encoder, fingerprint_dir, load_encoder
 from .errors import ArtifactExistsError, NemFaissError, QueryError, TrainingError
+from .lexical import featurize
 from .normalize import NormalizerSettings, normalize_text
 from .registry import get_spec
 from .sources import SOURCE_DIR, resolve_model
@@ -48,10 +49,10 @@ MIN_EXAMPLES_FOR_FULL = 3
 #: Trainable model used when the requested one is static (potion, MRL static embeddings).
 TRAINING_MODEL = "mpnet"
 SCORERS = ("hybrid", "index", "head")
-#: The hybrid scorer re-ranks this many of the index's best entities per query (or top_k).
+#: The hybrid scorer takes this many of the index's best entities per query (or top_k)
 HYBRID_CANDIDATES = 10
 #: ... adding this weight times the head's probability to a labelled entity's cosine.
-HYBRID_WEIGHT = 0.2
+HYBRID_WEIGHT = 0.5
 #: File of the classifier head inside a bundled model folder (safetensors, no pickle).
 HEAD_FILE = "classifier_head.safetensors"
 SAMPLING_STRATEGIES = ("undersampling", "oversampling", "unique")
@@ -167,13 +168,17 @@ def training_data_sha256(examples: Sequence[Mapping[str, str]]) -> str:
 
 
 def holdout_split(
-    examples: Sequence[Mapping[str, str]], fraction: float = 1 / 3, exclude: Iterable[str] = ()
+    examples: Sequence[Mapping[str, str]],
+    fraction: float = 1 / 3,
+    exclude: Iterable[str] = (),
+    fold: int = 0,
 ) -> tuple[list[Mapping[str, str]], list[Mapping[str, str]]]:
     """Deterministic (train, held-out) split of examples for evaluation.
 
-    Per label, examples are ordered by the sha256 of their text; the first
-    ``floor(n * fraction)`` whose text is not in ``exclude`` (for instance the catalog's own
-    normalized names, which any model matches) are held out. Input order is kept.
+    Per label, examples are ordered by the sha256 of their text; of those whose text is not
+    in ``exclude`` (for instance the catalog's own normalized names, which any model
+    matches), ``k = floor(n * fraction)`` are held out: the first ``k`` for ``fold`` 0, the
+    next ``k`` for fold 1, and so on (cross-validation). Input order is kept.
     """
     skip = set(exclude)
     by_label: dict[str, list[int]] = {}
@@ -183,7 +188,8 @@ def holdout_split(
     for rows in by_label.values():
         ranked = sorted(rows, key=lambda i: hashlib.sha256(examples[i]["text"].encode()).digest())
         candidates = [i for i in ranked if examples[i]["text"] not in skip]
-        held.update(candidates[: int(len(rows) * fraction)])
+        size = int(len(rows) * fraction)
+        held.update(candidates[fold * size : (fold + 1) * size])
     train = [example for i, example in enumerate(examples) if i not in held]
     return train, [example for i, example in enumerate(examples) if i in held]
 
@@ -372,19 +378,22 @@ class HeadScorer:
 
 
 class HybridScorer:
-    """The index's best entities re-ranked with the classifier head.
+    """The index's candidates and the labelled entities, scored with the classifier head.
 
-    One encode and one index search per query, as with the index alone. Each of the best
-    ``max(top_k, HYBRID_CANDIDATES)`` entities scores ``cosine + weight * p`` where ``p``
-    is the head's softmax probability of that entity (0 for entities without training
-    examples), so ``score`` lies in [-1, 1 + weight]. Every entity stays reachable; the head
-    adds what the examples say about the labelled ones.
+    One encode and one index search per query, as with the index alone, plus one product
+    with the vectors of the labelled entities. A labelled entity scores
+    ``cosine + weight * p``, ``p`` the head's softmax probability of it and ``cosine`` its
+    best text's index score, computed exactly for every labelled entity (so the head can
+    bring one the index search did not return); any other entity keeps its index score from
+    the index's best ``max(top_k, HYBRID_CANDIDATES)``. ``score`` lies in [-1, 1 + weight].
+    Every entity stays reachable; the head adds what the examples say about the labelled
+    ones. Labelled entities removed or replaced by an update get no bonus.
     """
 
     def __init__(self, index: Any, head: ClassifierHead, weight: float = HYBRID_WEIGHT) -> None:
         _check_head(index, head)
         self.index, self.head, self.weight = index, head, weight
-        self._column = {label: j for j, label in enumerate(head.labels)}
+        self._labelled: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def match(
         self,
@@ -397,23 +406,59 @@ class HybridScorer:
         """Same shapes as :meth:`MatchIndex.match`: dict/None, or lists of them."""
         return self.index._match(texts, top_k, threshold, nprobe, batch_size, False, self._search)
 
+    def labelled_rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(rows int64 (r,), head column of each int64 (r,), index vectors float32 (r, dim))
+        of the visible labelled entities' texts: stored vectors, else encoded once."""
+        if self._labelled is None:
+            index = self.index
+            entities = np.array(
+                [-1 if (row := index.row_of(label)) is None else row for label in self.head.labels]
+            )
+            order = np.argsort(entities)
+            row_entity = np.asarray(index.row_entity)
+            rows = np.flatnonzero(np.isin(row_entity, entities[entities >= 0]))
+            if index._hidden is not None:
+                rows = rows[~index._hidden[row_entity[rows]]]
+            columns = order[np.searchsorted(entities[order], row_entity[rows])]
+            if index.vectors is not None:
+                vectors = np.asarray(index.vectors[rows], dtype=np.float32)
+            else:
+                texts = [index._normalize(index.texts[int(row)], 0) for row in rows]
+                vectors = featurize(texts, index.encoder, index.lexical)
+            self._labelled = rows, columns, vectors
+        return self._labelled
+
     def _search(
         self, vectors: np.ndarray, top_k: int, threshold: float | None, nprobe: int | None
     ) -> list[list[dict[str, Any]]]:
         """Search float32 (nq, dim) index vectors, re-rank, keep ``top_k`` over ``threshold``."""
-        found = self.index._search(vectors, max(top_k, HYBRID_CANDIDATES), None, nprobe)
+        from .search import best_per_entity
+
+        fetch = max(top_k, HYBRID_CANDIDATES)
+        found = self.index._search(vectors, fetch, None, nprobe)
         dense = vectors[:, : self.index.model_dim]
         if self.index.lexical is not None:  # undo the index's weighting of the dense part
             dense = dense / np.sqrt(1.0 - self.index.lexical.weight)
         probabilities = self.head.probabilities(dense)
+        rows, columns, label_vectors = self.labelled_rows()
+        scores = np.clip(vectors @ label_vectors.T, -1.0, 1.0)
+        scores += self.weight * probabilities[:, columns]
+        order = np.argsort(-scores, axis=1, kind="stable")
+        best, best_rows, _ = best_per_entity(
+            np.take_along_axis(scores, order, 1), rows[order], self.index.row_entity,
+            min(fetch, len(self.head.labels)),
+        )  # fmt: skip
+        labelled = set(self.head.labels)
         out = []
-        for hits, row in zip(found, probabilities, strict=True):
-            for hit in hits:
-                column = self._column.get(hit["id"])
-                if column is not None:
-                    hit["score"] += self.weight * float(row[column])
-            hits.sort(key=lambda hit: -hit["score"])
-            out.append([h for h in hits if threshold is None or h["score"] >= threshold][:top_k])
+        for hits, row_scores, row_rows in zip(found, best, best_rows, strict=True):
+            merged = [hit for hit in hits if hit["id"] not in labelled] + [
+                {"id": self.index.ids[int(self.index.row_entity[r])], "score": float(score),
+                 "text": self.index.texts[int(r)]}
+                for score, r in zip(row_scores, row_rows, strict=True)
+                if r >= 0
+            ]  # fmt: skip
+            merged.sort(key=lambda hit: -hit["score"])
+            out.append([h for h in merged if threshold is None or h["score"] >= threshold][:top_k])
         return out
 
 
@@ -585,7 +630,7 @@ def train_index(
     distill: bool | Mapping[str, Any] = False,
     embedding_dim: int | None = None,
     normalize: bool | NormalizerSettings = True,
-    lexical: Any = False,
+    lexical: Any = True,
     show_progress: bool = True,
     overwrite: bool = False,
     callbacks: Sequence[Any] = (),
@@ -600,7 +645,7 @@ def train_index(
     ``sampling_strategy`` drive SetFit's pair training, on the examples plus up to
     ``anchors`` catalog texts (:func:`catalog_anchors`). ``distill=True`` (or a dict of
     ``model2vec.distill.distill`` options) turns the result into a static model2vec model.
-    ``lexical`` defaults to dense-only here (the lexical channel is not trained).
+    ``lexical`` adds the character n-gram channel, as :func:`build.build_index` does.
     Other keyword arguments go to :func:`build.build_index`. Returns the opened index.
     """
     from .build import build_index

@@ -245,14 +245,14 @@ def test_saved_matcher_reopens_with_every_scorer(tuned, split):
 
 
 def test_hybrid_scores_are_the_cosine_plus_the_weighted_head_probability(tuned, split):
-    from novelentitymatcher_faiss.train import HYBRID_WEIGHT, HybridScorer, load_head
+    from novelentitymatcher_faiss.train import HYBRID_WEIGHT, HeadScorer, HybridScorer, load_head
 
     index = tuned["matcher"].index
     head = load_head(index)
     column = {label: j for j, label in enumerate(head.labels)}
     held = [row["text"] for row in split[1]]
     found = HybridScorer(index, head).match(held, top_k=3, threshold=None)
-    plain = index.match(held, top_k=10)
+    plain = index.match(held, top_k=len(index))  # flat: every entity's exact score
     probabilities = head.probabilities(index.encoder.encode([index._normalize(t, 0) for t in held]))
     for hits, candidates, row in zip(found, plain, probabilities, strict=True):
         cosine = {hit["id"]: hit["score"] for hit in candidates}
@@ -262,7 +262,16 @@ def test_hybrid_scores_are_the_cosine_plus_the_weighted_head_probability(tuned, 
         for hit in hits:
             bonus = HYBRID_WEIGHT * row[column[hit["id"]]] if hit["id"] in column else 0.0
             assert hit["score"] == pytest.approx(cosine[hit["id"]] + bonus, abs=1e-5)
-    assert HybridScorer(index, head, weight=0.0).match(held, top_k=3) == index.match(held, top_k=3)
+    plain_top = index.match(held, top_k=3)
+    for hits, expected in zip(HybridScorer(index, head, weight=0.0).match(held, top_k=3),
+                              plain_top, strict=True):  # fmt: skip
+        assert [h["score"] for h in hits] == pytest.approx([h["score"] for h in expected], abs=1e-5)
+        assert {h["id"] for h in hits} == {h["id"] for h in expected}
+    # a dominant head decides: its pick wins even where the index did not return it
+    heavy = HybridScorer(index, head, weight=100.0).match(held)
+    assert [hit["id"] for hit in heavy] == [
+        hit["id"] for hit in HeadScorer(index, head).match(held)
+    ]
     # entities without examples stay reachable: their own names find them
     others = [e for e in read_catalog(CATALOG) if e["id"] not in column][:30]
     hits = tuned["matcher"].match([e["name"] for e in others], threshold=-1.0)
@@ -376,7 +385,8 @@ def test_distill_writes_a_static_artifact(tuned, split, tmp_path):
     texts = [*catalog_texts(), *(r["text"] for r in train), *(r["text"] for r in held)]
     options = {"pca_dims": 64, "token_remove_pattern": _pruned_vocabulary_pattern(texts)}
     index = train_index(CATALOG, train, tmp_path / "static", model=str(tuned["path"] / MODEL_DIR),
-                        mode="head-only", distill=options, show_progress=False)  # fmt: skip
+                        mode="head-only", distill=options, lexical=False,
+                        show_progress=False)  # fmt: skip
     manifest = index.manifest
     assert manifest["model"]["backend"] == "model2vec" and manifest["model"]["dim"] == 64
     assert manifest["training"]["distilled"]["added_words"] > 100
