@@ -3,7 +3,8 @@
 Rows: zero-shot potion-8m (dense only, and with the lexical channel that ``build_index``
 adds by default), zero-shot base model (mpnet), the SetFit fine-tuned base model (the index
 alone, the hybrid scorer that ``Matcher`` uses by default after training, and the classifier
-head alone), the fine-tuned artifact with the lexical channel added, and the model2vec
+head alone; trained artifacts carry the lexical channel, as built ones do), the fine-tuned
+model dense-only (index and hybrid), and the model2vec
 static model distilled from the fine-tuned body (index, hybrid, head). Besides the held-out
 variants, every row is scored on one-letter typos of the names of the entities that have no
 training examples (a scorer that leans on the head must not pull those away).
@@ -11,7 +12,8 @@ training examples (a scorer that leans on the head must not pull those away).
 Data: ``tests/data/country_training_data.csv`` (upstream's labelled country variants) against
 ``tests/data/countries.csv`` (ISO 3166-1 from pycountry, see scripts/make_country_catalog.py).
 Held out: ``holdout_split`` (per label, a third of the rows ordered by the sha256 of their
-text, never a text that is verbatim in the catalog). With ``--holdout FILE`` (text,label) the
+text, never a text that is verbatim in the catalog; ``--fold 1`` or ``2`` holds out the next
+third, for cross-validation). With ``--holdout FILE`` (text,label) the
 model trains on every row of the training file and is scored on FILE instead.
 
 The distilled row distills the fine-tuned model of the row above it
@@ -24,7 +26,7 @@ shared two-core machine two threads made each step several times slower).
 Queries/s: one query per call (``match(text)`` over the held-out texts, the latency a service
 sees) and batches of 256, median of repeats, after a warm-up that loads the model.
 
-    python benchmarks/train_bench.py [--quick] [--holdout FILE] [--max-steps N]
+    python benchmarks/train_bench.py [--quick] [--holdout FILE] [--max-steps N] [--fold K]
 """
 
 from __future__ import annotations
