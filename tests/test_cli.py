@@ -74,6 +74,11 @@ def test_verify_detects_damage_and_errors_exit_2(artifact, tmp_path):
     assert missing.returncode == 2 and "no artifact directory" in missing.stderr
     exists = cli("build", str(UNIVERSITIES), "--out", str(artifact), "--quiet")
     assert exists.returncode == 2 and "overwrite" in exists.stderr
+    dense = cli("build", str(UNIVERSITIES), "--out", str(tmp_path / "dense"), "--no-lexical",
+                "--quiet")  # fmt: skip
+    assert dense.returncode == 0, dense.stderr
+    manifest = json.loads((tmp_path / "dense" / "manifest.json").read_text())
+    assert manifest["lexical"] is None and manifest["index_dim"] == manifest["model"]["dim"]
 
 
 def test_models_list_and_path():

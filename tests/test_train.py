@@ -307,10 +307,12 @@ def test_cli_train_with_the_same_seed_gives_identical_vectors(tuned, split, tmp_
         writer.writerows(split[0])
     out = tmp_path / "cli-artifact"
     argv = ["train", str(CATALOG), str(training), "--out", str(out), "--base-model", "minilm",
-            "--mode", "full", "--max-steps", str(STEPS), "--seed", "0", "--quiet"]  # fmt: skip
+            "--mode", "full", "--max-steps", str(STEPS), "--seed", "0", "--no-lexical",
+            "--quiet"]  # fmt: skip
     assert cli_main(argv) == 0
     assert cli_main(argv) == 2  # exists, no --overwrite
     first, second = load_index(tuned["path"]), load_index(out)
+    assert first.manifest["lexical"] is not None and second.manifest["lexical"] is None
     assert (
         second.manifest["training"]["training_data_sha256"]
         == (first.manifest["training"]["training_data_sha256"])
