@@ -299,6 +299,20 @@ def test_head_only_leaves_the_body_bit_identical(head_only, split):
         head_only.scorer = None
 
 
+def test_hybrid_gives_no_bonus_to_a_labelled_entity_an_update_removed(tuned, split, tmp_path):
+    from novelentitymatcher_faiss.train import scorer_for
+    from novelentitymatcher_faiss.update import update_index
+
+    label = split[1][0]["label"]
+    texts = [row["text"] for row in split[1] if row["label"] == label]
+    before = scorer_for(load_index(tuned["path"])).match(texts, top_k=3)
+    assert any(hit["id"] == label for hits in before for hit in hits)
+    update_index(tuned["path"], tmp_path / "updated", remove=[label], show_progress=False)
+    after = scorer_for(load_index(tmp_path / "updated")).match(texts, top_k=3)
+    assert all(hit["id"] != label for hits in after for hit in hits)
+    assert all(len(hits) == 3 for hits in after)
+
+
 def test_cli_train_with_the_same_seed_gives_identical_vectors(tuned, split, tmp_path):
     training = tmp_path / "train.csv"
     with open(training, "w", encoding="utf-8", newline="") as handle:
