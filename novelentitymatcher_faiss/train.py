@@ -49,9 +49,8 @@ MIN_EXAMPLES_FOR_FULL = 3
 #: Trainable model used when the requested one is static (potion, MRL static embeddings).
 TRAINING_MODEL = "mpnet"
 SCORERS = ("hybrid", "index", "head")
-#: The hybrid scorer takes this many of the index's best entities per query (or top_k)
-HYBRID_CANDIDATES = 10
-#: ... adding this weight times the head's probability to a labelled entity's cosine.
+#: The hybrid scorer adds this weight times the head's probability to a labelled entity's
+#: cosine.
 HYBRID_WEIGHT = 0.5
 #: File of the classifier head inside a bundled model folder (safetensors, no pickle).
 HEAD_FILE = "classifier_head.safetensors"
@@ -378,21 +377,23 @@ class HeadScorer:
 
 
 class HybridScorer:
-    """The index's candidates and the labelled entities, scored with the classifier head.
+    """The index's best entities and the labelled entities, scored with the classifier head.
 
     One encode and one index search per query, as with the index alone, plus one product
     with the vectors of the labelled entities. A labelled entity scores
     ``cosine + weight * p``, ``p`` the head's softmax probability of it and ``cosine`` its
     best text's index score, computed exactly for every labelled entity (so the head can
-    bring one the index search did not return); any other entity keeps its index score from
-    the index's best ``max(top_k, HYBRID_CANDIDATES)``. ``score`` lies in [-1, 1 + weight].
-    Every entity stays reachable; the head adds what the examples say about the labelled
-    ones. Labelled entities removed or replaced by an update get no bonus.
+    bring one the index search did not return); any other entity keeps its index score.
+    The index's best ``top_k`` suffice: an unlabelled entity below them is also below
+    ``top_k`` entities that score at least as high here. ``score`` lies in
+    [-1, 1 + weight]. Every entity stays reachable; the head adds what the examples say
+    about the labelled ones. Labelled entities removed or replaced by an update get no bonus.
     """
 
     def __init__(self, index: Any, head: ClassifierHead, weight: float = HYBRID_WEIGHT) -> None:
         _check_head(index, head)
         self.index, self.head, self.weight = index, head, weight
+        self._label_set = frozenset(head.labels)
         self._labelled: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def match(
@@ -434,8 +435,7 @@ class HybridScorer:
         """Search float32 (nq, dim) index vectors, re-rank, keep ``top_k`` over ``threshold``."""
         from .search import best_per_entity
 
-        fetch = max(top_k, HYBRID_CANDIDATES)
-        found = self.index._search(vectors, fetch, None, nprobe)
+        found = self.index._search(vectors, top_k, None, nprobe)
         dense = vectors[:, : self.index.model_dim]
         if self.index.lexical is not None:  # undo the index's weighting of the dense part
             dense = dense / np.sqrt(1.0 - self.index.lexical.weight)
@@ -446,12 +446,11 @@ class HybridScorer:
         order = np.argsort(-scores, axis=1, kind="stable")
         best, best_rows, _ = best_per_entity(
             np.take_along_axis(scores, order, 1), rows[order], self.index.row_entity,
-            min(fetch, len(self.head.labels)),
+            min(top_k, len(self.head.labels)),
         )  # fmt: skip
-        labelled = set(self.head.labels)
         out = []
         for hits, row_scores, row_rows in zip(found, best, best_rows, strict=True):
-            merged = [hit for hit in hits if hit["id"] not in labelled] + [
+            merged = [hit for hit in hits if hit["id"] not in self._label_set] + [
                 {"id": self.index.ids[int(self.index.row_entity[r])], "score": float(score),
                  "text": self.index.texts[int(r)]}
                 for score, r in zip(row_scores, row_rows, strict=True)
