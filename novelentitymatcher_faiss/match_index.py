@@ -434,6 +434,12 @@ class MatchIndex:
         scores = np.clip(scores, -1.0, 1.0)  # float rounding can put a cosine at 1.0000001
         if threshold is not None:
             entities = np.where(scores >= threshold, entities, -1)
+        return self._hits(scores, rows, entities)
+
+    def _hits(
+        self, scores: np.ndarray, rows: np.ndarray, entities: np.ndarray
+    ) -> list[list[Result]]:
+        """Result dicts of (nq, k) scores, vector rows and entity rows; entity -1 is no hit."""
         return [
             [
                 {"id": self.ids[int(e)], "score": float(s), "text": self.texts[int(r)]}

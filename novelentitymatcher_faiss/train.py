@@ -444,18 +444,13 @@ class HybridScorer:
         scores = np.clip(vectors @ label_vectors.T, -1.0, 1.0)
         scores += self.weight * probabilities[:, columns]
         order = np.argsort(-scores, axis=1, kind="stable")
-        best, best_rows, _ = best_per_entity(
+        labelled = self.index._hits(*best_per_entity(
             np.take_along_axis(scores, order, 1), rows[order], self.index.row_entity,
             min(top_k, len(self.head.labels)),
-        )  # fmt: skip
+        ))  # fmt: skip
         out = []
-        for hits, row_scores, row_rows in zip(found, best, best_rows, strict=True):
-            merged = [hit for hit in hits if hit["id"] not in self._label_set] + [
-                {"id": self.index.ids[int(self.index.row_entity[r])], "score": float(score),
-                 "text": self.index.texts[int(r)]}
-                for score, r in zip(row_scores, row_rows, strict=True)
-                if r >= 0
-            ]  # fmt: skip
+        for hits, labelled_hits in zip(found, labelled, strict=True):
+            merged = [hit for hit in hits if hit["id"] not in self._label_set] + labelled_hits
             merged.sort(key=lambda hit: -hit["score"])
             out.append([h for h in merged if threshold is None or h["score"] >= threshold][:top_k])
         return out
