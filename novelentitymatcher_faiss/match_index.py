@@ -431,7 +431,8 @@ class MatchIndex:
         fetch = min(self.n_vectors, (top_k - 1) * self._fetch_per_entity + 1)
         scores, rows = self._find(vectors, fetch, nprobe or self.nprobe)
         scores, rows, entities = best_per_entity(scores, rows, self.row_entity, top_k)
-        scores = np.clip(scores, -1.0, 1.0)  # float rounding can put a cosine at 1.0000001
+        np.minimum(scores, 1.0, out=scores)  # float rounding can put a cosine at 1.0000001
+        np.maximum(scores, -1.0, out=scores)
         if threshold is not None:
             entities = np.where(scores >= threshold, entities, -1)
         return self._hits(scores, rows, entities)
@@ -440,13 +441,16 @@ class MatchIndex:
         self, scores: np.ndarray, rows: np.ndarray, entities: np.ndarray
     ) -> list[list[Result]]:
         """Result dicts of (nq, k) scores, vector rows and entity rows; entity -1 is no hit."""
+        ids, texts = self.ids, self.texts
         return [
             [
-                {"id": self.ids[int(e)], "score": float(s), "text": self.texts[int(r)]}
+                {"id": ids[e], "score": s, "text": texts[r]}
                 for s, r, e in zip(srow, rrow, erow, strict=True)
                 if e >= 0
             ]
-            for srow, rrow, erow in zip(scores, rows, entities, strict=True)
+            for srow, rrow, erow in zip(
+                scores.tolist(), rows.tolist(), entities.tolist(), strict=True
+            )
         ]
 
     def _find(

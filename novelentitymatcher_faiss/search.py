@@ -129,11 +129,16 @@ def best_per_entity(
     ``scores``/``rows`` (nq, c) must be sorted best first. Returns (scores float32,
     rows int64, entities int64), each (nq, top_k), padded with -1 / -inf.
     """
+    if top_k == 1:  # the best row's entity is the best entity
+        best_rows = np.maximum(rows[:, :1], -1)
+        missing = best_rows < 0
+        entities = np.asarray(row_entity)[best_rows]  # row -1 reads the last entry: masked
+        entities[missing] = -1
+        best = np.array(scores[:, :1], dtype=np.float32)
+        best[missing] = -np.inf
+        return best, best_rows, entities
     valid = rows >= 0
     entities = np.where(valid, np.asarray(row_entity)[np.where(valid, rows, 0)], -1)
-    if top_k == 1:  # the best row's entity is the best entity
-        best = np.where(valid[:, :1], scores[:, :1], -np.inf).astype(np.float32)
-        return best, np.where(valid[:, :1], rows[:, :1], -1), entities[:, :1]
     order = np.argsort(entities, axis=1, kind="stable")  # stable: best row first per entity
     sorted_entities = np.take_along_axis(entities, order, 1)
     first = np.ones_like(sorted_entities, dtype=bool)

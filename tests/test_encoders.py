@@ -77,6 +77,17 @@ def test_potion_vectors(potion):
     assert np.array_equal(potion.encode(TEXTS, batch_size=1), x)
 
 
+def test_own_static_path_matches_model2vec(potion):
+    """The library's model2vec encode gives model2vec's vectors, one text or a batch."""
+    texts = [*TEXTS, "", "\u2603", "Zürich Hauptbahnhof", "x" * 5000, "word " * 2000]
+    texts += [f"catalog item {i} of {i * 7}" for i in range(20)]  # past the small-batch path
+    ours = potion.encode(texts)
+    theirs = l2_normalize(potion.model.encode(texts, use_multiprocessing=False))
+    np.testing.assert_allclose(ours, theirs, atol=1e-6)
+    singles = np.vstack([potion.encode([text]) for text in texts])
+    assert np.array_equal(singles, ours)
+
+
 def test_default_is_potion(potion):
     enc = load_encoder(show_progress=False)
     assert enc.spec is potion.spec and enc.fingerprint == potion.fingerprint
