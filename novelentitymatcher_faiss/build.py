@@ -45,8 +45,12 @@ from .perturb import one_letter_typo
 from .search import ExactTopK, iter_chunks, recall_at_k, search
 from .strings import StringTable, StringTableWriter
 
-#: ``index_type="auto"`` builds an exact flat index below this many vectors, IVF above.
+#: ``index_type="auto"`` builds an exact flat index below this many vectors, IVF above
+#: (``AUTO_IVF_KIND``).
 AUTO_FLAT_MAX_VECTORS = 100_000
+#: The IVF kind "auto" builds: float16 codes score within 1e-4 of the exact cosine, halve the
+#: index and the bytes a query scans, and leave recall as plain IVF's (docs/benchmarks.md).
+AUTO_IVF_KIND = "ivf-fp16"
 #: From this many IVF lists on, the coarse quantizer is an HNSW graph over the centroids:
 #: assigning each of millions of vectors then costs a graph walk, not nlist inner products.
 #: Measured on 8,192 centroids of 512-d (two cores), exact BLAS assignment took 1.6 s per
@@ -62,7 +66,7 @@ HNSW_QUANTIZER_EF = 128
 #: ``IVF8192,PQ128x4fs`` build, one query on one thread: 0.37 ms against 1.1-1.3 ms to find
 #: the lists to probe, recall@1 within 0.005 at nprobe 16-32.
 HNSW_SEARCH_MIN_NLIST = 8192
-INDEX_TYPES = ("auto", "flat", "ivf", "ivf-sq8", "ivf-pq", "ivf-pq-small")
+INDEX_TYPES = ("auto", "flat", "ivf", "ivf-fp16", "ivf-sq8", "ivf-pq", "ivf-pq-small")
 #: The default nlist stops growing here: k-means cost grows with nlist squared.
 MAX_DEFAULT_NLIST = 8192
 #: ... and stops where assigning every vector exactly (n x nlist x d multiply-adds, BLAS)
@@ -105,17 +109,18 @@ def build_index(
 ):  # noqa: ANN201 - returns MatchIndex (imported lazily to avoid a cycle)
     """Encode ``entities`` and write a memory-mappable FAISS artifact to ``path``.
 
-    ``index_type``: "flat", "ivf", "ivf-sq8", "ivf-pq" (4-bit fast-scan PQ with exact
-    re-rank of ``rerank`` x candidates from stored vectors, default 4), "ivf-pq-small" (the
-    same with a quarter of the sub-quantizers: d/16 bytes per vector), "auto" (flat below
-    ``AUTO_FLAT_MAX_VECTORS`` vectors, else "ivf") or any FAISS factory string. For IVF
+    ``index_type``: "flat", "ivf", "ivf-fp16" (float16 codes), "ivf-sq8", "ivf-pq" (4-bit
+    fast-scan PQ with exact re-rank of ``rerank`` x candidates from stored vectors, default
+    4), "ivf-pq-small" (the same with a quarter of the sub-quantizers: d/16 bytes per
+    vector), "auto" (flat below ``AUTO_FLAT_MAX_VECTORS`` vectors, else "ivf-fp16") or any
+    FAISS factory string. For IVF
     indexes ``nprobe`` defaults to the smallest value whose recall@10 against exact search
     (FAISS's R@10: the exact nearest neighbour is among the 10 returned), on typo'd samples
     of the catalog's own texts, reaches ``target_recall``, and whose recall@1 (the top hit is
     the exact one) reaches ``target_top1``. ``trained``: an empty, trained FAISS index of
     the same factory to fill instead of training one (shards of a distributed build share
     their coarse quantizer that way). ``memory_budget`` (bytes, or ``"2GB"``, ``"512MiB"``):
-    with ``index_type="auto"`` the most accurate kind whose index fits it (flat, ivf,
+    with ``index_type="auto"`` the most accurate kind whose index fits it (flat, ivf-fp16,
     ivf-sq8, then ivf-pq-small with exact re-rank from the on-disk vectors); with an explicit kind,
     a warning when the index will not fit. IVF indexes of ``HNSW_QUANTIZER_MIN_NLIST`` lists
     or more get an HNSW coarse quantizer; the named kinds with ``HNSW_SEARCH_MIN_NLIST``
@@ -382,7 +387,7 @@ def _choose_index(
     if kind == "auto" and budget is not None:
         kind = pick_kind(n, d, n_list, budget, AUTO_FLAT_MAX_VECTORS)
     elif kind == "auto":
-        kind = "flat" if n < AUTO_FLAT_MAX_VECTORS else "ivf"
+        kind = "flat" if n < AUTO_FLAT_MAX_VECTORS else AUTO_IVF_KIND
     elif budget is not None and kind in ("flat", *BUDGET_KINDS):
         need = index_bytes(kind, n, d, 0 if kind == "flat" else n_list)
         if need > budget:
@@ -396,6 +401,8 @@ def _choose_index(
     coarse = f"IVF{n_list}" + ("_HNSW32" if n_list >= HNSW_QUANTIZER_MIN_NLIST else "")
     if kind == "ivf":
         return kind, f"{coarse},Flat", n_list
+    if kind == "ivf-fp16":
+        return kind, f"{coarse},SQfp16", n_list
     if kind == "ivf-sq8":
         return kind, f"{coarse},SQ8", n_list
     if kind in ("ivf-pq", "ivf-pq-small"):

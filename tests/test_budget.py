@@ -40,7 +40,8 @@ def test_bad_sizes_are_named(bad):
 def test_the_most_accurate_kind_that_fits_is_picked():
     n, d, nlist = 10_000_000, 512, 12_649
     assert pick_kind(50_000, d, 0, 10**9, 100_000) == "flat"
-    assert pick_kind(n, d, nlist, 30 * 10**9, 100_000) == "ivf"
+    assert pick_kind(n, d, nlist, 30 * 10**9, 100_000) == "ivf-fp16"
+    assert pick_kind(n, d, nlist, 11 * 10**9, 100_000) == "ivf-fp16"
     assert pick_kind(n, d, nlist, 8 * 10**9, 100_000) == "ivf-sq8"
     assert pick_kind(n, d, nlist, 2 * 10**9, 100_000) == "ivf-pq-small"
     small, pq = index_bytes("ivf-pq-small", n, d, nlist), index_bytes("ivf-pq", n, d, nlist)
@@ -64,6 +65,11 @@ def test_large_nlist_gets_an_hnsw_quantizer():
     assert factory == f"IVF{n_list}_HNSW32,PQ256x4fs"
     assert _choose_index("ivf-pq-small", 5_000_000, 256, None)[1] == "IVF8192,PQ32x4fs"
     assert _choose_index("ivf", 1_000_000, 512, None)[1] == "IVF4000,Flat"
+
+
+def test_auto_is_flat_then_ivf_fp16():
+    assert _choose_index("auto", 99_999, 512, None) == ("flat", "Flat", 0)
+    assert _choose_index("auto", 1_000_000, 512, None) == ("ivf-fp16", "IVF4000,SQfp16", 4000)
 
 
 def test_builds_follow_the_budget(tmp_path):

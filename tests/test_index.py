@@ -263,13 +263,21 @@ def test_overwrite_replaces_atomically(tmp_path):
 def test_factory_string_and_quantized_types(tmp_path, flat):
     sq8 = build_index(PRODUCTS, tmp_path / "sq8", index_type="ivf-sq8", show_progress=False)
     pq = build_index(PRODUCTS, tmp_path / "pq", index_type="ivf-pq", show_progress=False)
-    fp16 = build_index(PRODUCTS, tmp_path / "fp16", index_type="IVF32,SQfp16", show_progress=False)
+    fp16 = build_index(PRODUCTS, tmp_path / "fp16", index_type="ivf-fp16", nlist=32,
+                       show_progress=False)  # fmt: skip
     hnsw = build_index(PRODUCTS, tmp_path / "hnsw", index_type="HNSW32", show_progress=False)
     assert pq.manifest["index"]["rerank"] == 4 and (pq.path / "vectors.npy").exists()
     assert hnsw.manifest["index"]["faiss_class"] == "IndexHNSWFlat"
     assert fp16.manifest["index"]["nlist"] == 32 and fp16.manifest["index"]["nprobe"] >= 1
+    assert fp16.manifest["index"]["factory"] == "IVF32,SQfp16"
     queries = typo_queries(100, seed=5)
     exact = flat.match(queries)
+    # float16 codes: every score within 1e-3 of the exact cosine of the hit's own text
+    for query, hits in zip(queries[:20], fp16.match(queries[:20], top_k=5), strict=True):
+        texts = [normalize_text(t, fp16.normalizer) for t in [query, *(h["text"] for h in hits)]]
+        vectors = featurize(texts, fp16.encoder, fp16.lexical)
+        cosines = vectors[1:] @ vectors[0]
+        np.testing.assert_allclose([h["score"] for h in hits], cosines, atol=1e-3)
     # HNSW is not tuned (its efSearch stays FAISS's default), so it gets a lower bar
     for index, bar in ((sq8, 0.95), (pq, 0.95), (fp16, 0.95), (hnsw, 0.8)):
         agree = []

@@ -100,7 +100,7 @@ def test_flat_update_equals_a_fresh_build_and_leaves_the_old_artifact(
     load_index(new.path, verify="full")
 
 
-@pytest.mark.parametrize(("kind", "compact"), [("ivf", True), ("ivf-sq8", True),
+@pytest.mark.parametrize(("kind", "compact"), [("ivf", True), ("ivf-fp16", True), ("ivf-sq8", True),
                                                ("ivf-pq", True), ("ivf", False),
                                                ("ivf-pq", False)])  # fmt: skip
 def test_ivf_update_keeps_lists_and_matches_a_fresh_build(kind, compact, change, fresh_flat,
