@@ -66,7 +66,11 @@ HNSW_QUANTIZER_EF = 128
 #: ``IVF8192,PQ128x4fs`` build, one query on one thread: 0.37 ms against 1.1-1.3 ms to find
 #: the lists to probe, recall@1 within 0.005 at nprobe 16-32.
 HNSW_SEARCH_MIN_NLIST = 8192
-INDEX_TYPES = ("auto", "flat", "ivf", "ivf-fp16", "ivf-sq8", "ivf-pq", "ivf-pq-small")
+INDEX_TYPES = ("auto", "flat", "ivf", "ivf-fp16", "ivf-sq8", "ivf-pq", "ivf-pq-small", "hnsw")
+#: Neighbours per node of the "hnsw" kind's graph (FAISS's M; 2M at the base level).
+HNSW_M = 32
+#: efSearch values tried for an HNSW index, smallest first (see :func:`_tune_nprobe`).
+EF_SEARCH_GRID = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
 #: The default nlist stops growing here: k-means cost grows with nlist squared.
 MAX_DEFAULT_NLIST = 8192
 #: ... and stops where assigning every vector exactly (n x nlist x d multiply-adds, BLAS)
@@ -112,9 +116,10 @@ def build_index(
     ``index_type``: "flat", "ivf", "ivf-fp16" (float16 codes), "ivf-sq8", "ivf-pq" (4-bit
     fast-scan PQ with exact re-rank of ``rerank`` x candidates from stored vectors, default
     4), "ivf-pq-small" (the same with a quarter of the sub-quantizers: d/16 bytes per
-    vector), "auto" (flat below ``AUTO_FLAT_MAX_VECTORS`` vectors, else "ivf-fp16") or any
-    FAISS factory string. For IVF
-    indexes ``nprobe`` defaults to the smallest value whose recall@10 against exact search
+    vector), "hnsw" (an ``HNSW_M`` graph over the raw vectors), "auto" (flat below
+    ``AUTO_FLAT_MAX_VECTORS`` vectors, else "ivf-fp16") or any FAISS factory string. For IVF
+    indexes ``nprobe`` (for HNSW indexes efSearch, stored as ``ef_search`` and tried from
+    ``EF_SEARCH_GRID``) defaults to the smallest value whose recall@10 against exact search
     (FAISS's R@10: the exact nearest neighbour is among the 10 returned), on typo'd samples
     of the catalog's own texts, reaches ``target_recall``, and whose recall@1 (the top hit is
     the exact one) reaches ``target_top1``. ``trained``: an empty, trained FAISS index of
@@ -154,9 +159,10 @@ def build_index(
         rerank = (4 if kind in ("ivf-pq", "ivf-pq-small") else 0) if rerank is None else rerank
         # the add pass also finds the exact top 10 of the tuning queries: one read of the
         # vectors, not two
+        graph = is_graph_factory(factory)
         exact = (
             ExactTopK(_typo_queries(tmp, encoder, lexical, settings, seed), min(10, len(vectors)))
-            if n_list
+            if n_list or graph
             else None
         )
         index = _train_and_add(factory, vectors, seed, show_progress, trained, exact)
@@ -168,7 +174,7 @@ def build_index(
                 index,
                 vectors,
                 exact,
-                n_list,
+                list(EF_SEARCH_GRID) if graph else _nprobe_grid(n_list),
                 nprobe,
                 (target_recall, target_top1),
                 rerank,
@@ -211,7 +217,9 @@ def build_index(
                 "faiss_class": faiss_class,
                 "nlist": n_list,
                 "nprobe": nprobe if n_list else None,
-                "nprobe_tuning": tuning,
+                "nprobe_tuning": [] if graph else tuning,
+                "ef_search": nprobe if graph else None,
+                "ef_search_tuning": tuning if graph else [],
                 "rerank": rerank,
                 "vectors_stored": (tmp / VECTORS_FILE).exists(),
                 "memory_budget": budget,
@@ -398,6 +406,8 @@ def _choose_index(
             )
     if kind == "flat":
         return kind, "Flat", 0
+    if kind == "hnsw":
+        return kind, f"HNSW{HNSW_M}", 0
     coarse = f"IVF{n_list}" + ("_HNSW32" if n_list >= HNSW_QUANTIZER_MIN_NLIST else "")
     if kind == "ivf":
         return kind, f"{coarse},Flat", n_list
@@ -553,38 +563,47 @@ def _nprobe_grid(nlist: int) -> list[int]:
     return sorted(grid)
 
 
+def is_graph_factory(factory: str) -> bool:
+    """Whether a FAISS factory string builds an HNSW graph index (searched with efSearch)."""
+    return factory.startswith("HNSW")
+
+
 def _tune_nprobe(
     index,  # noqa: ANN001
     vectors: np.ndarray,
     exact: ExactTopK,
-    nlist: int,
+    grid: list[int],
     fixed: int | None,
     targets: tuple[float, float],
     rerank: int,
     show_progress: bool = False,
 ) -> tuple[int, list[dict[str, float]]]:
-    """Smallest nprobe with recall@10 >= ``targets[0]`` and recall@1 >= ``targets[1]``
-    for ``exact``'s queries, against its exact top-k (already fed every row of ``vectors``).
+    """Smallest search breadth of ``grid`` (nprobe for IVF, efSearch for HNSW) with
+    recall@10 >= ``targets[0]`` and recall@1 >= ``targets[1]`` for ``exact``'s queries,
+    against its exact top-k (already fed every row of ``vectors``).
 
     recall@10 is FAISS's R@10 (the exact top hit is among the 10 returned) and recall@1 the
     share of exact top hits; both tie-aware. The table also keeps 10-recall@10 (the share of
     the exact top 10 returned) for information. With ``fixed`` only that value is measured.
     """
+    import faiss
+
+    knob = "ef_search" if isinstance(index, faiss.IndexHNSW) else "nprobe"
     target, top1 = targets
     queries, k = exact.queries, exact.k
     truth, _ = exact.result()
-    candidates = [fixed] if fixed else _nprobe_grid(nlist)
+    candidates = [fixed] if fixed else grid
     table = []
-    for nprobe in candidates:
-        _, found = search(index, queries, k, nprobe=nprobe, vectors=vectors, rerank=rerank)
+    for breadth in candidates:
+        _, found = search(index, queries, k, nprobe=breadth, vectors=vectors, rerank=rerank)
         at_10 = recall_at_k(queries, found, truth[:, :1], vectors)
         first = found[:, :1]  # without re-rank, the top-10 search's first column is top-1
         if rerank > 1:  # re-ranking fetches a different candidate count for k=1
-            _, first = search(index, queries, 1, nprobe=nprobe, vectors=vectors, rerank=rerank)
+            _, first = search(index, queries, 1, nprobe=breadth, vectors=vectors, rerank=rerank)
         at_1 = recall_at_k(queries, first, truth[:, :1], vectors)
         table.append(
             {
-                "nprobe": nprobe,
+                knob: breadth,
                 "recall_at_1": round(at_1, 4),
                 "recall_at_10": round(at_10, 4),
                 "recall_10_at_10": round(recall_at_k(queries, found, truth, vectors), 4),
@@ -592,12 +611,12 @@ def _tune_nprobe(
         )
         release_pages(vectors)  # re-ranked rows were read through the memory map
         if show_progress:
-            tqdm.write(f"nprobe {nprobe}: recall@10 {at_10:.3f}, recall@1 {at_1:.3f}")
+            tqdm.write(f"{knob} {breadth}: recall@10 {at_10:.3f}, recall@1 {at_1:.3f}")
         if at_10 >= target and at_1 >= top1:
-            return nprobe, table
+            return breadth, table
     if not fixed:
         warnings.warn(
-            f"no nprobe up to {nlist} reached recall@10 {target} and recall@1 {top1} "
+            f"no {knob} up to {candidates[-1]} reached recall@10 {target} and recall@1 {top1} "
             f"(best {table[-1]}); the codes are too coarse: use rerank, a finer index "
             "type, or flat",
             stacklevel=3,

@@ -25,7 +25,7 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument(
         "--index",
         default="auto",
-        help="auto, flat, ivf, ivf-fp16, ivf-sq8, ivf-pq, ivf-pq-small or a factory string",
+        help="auto, flat, ivf, ivf-fp16, ivf-sq8, ivf-pq, ivf-pq-small, hnsw or a factory string",
     )
     build.add_argument("--nprobe", type=int, default=None, help="fix nprobe instead of tuning it")
     build.add_argument("--batch-size", type=int, default=1024)

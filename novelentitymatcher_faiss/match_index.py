@@ -131,14 +131,20 @@ class MatchIndex:
             self.n_entities = counts["entities"]
             self.n_vectors = counts["vectors"]
             self._fetch_per_entity = max(1, counts["max_vectors_per_entity"])
-            self.nprobe = info["nprobe"]
+            # the stored search breadth: IVF nprobe, or an HNSW index's efSearch
+            self.nprobe = info["nprobe"] if info.get("ef_search") is None else info["ef_search"]
             self._rerank = info["rerank"]
             self.normalizer = NormalizerSettings.from_dict(manifest["normalizer"])
             self._max_chars = int(manifest.get("max_text_chars", 2048))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ArtifactCorruptError(f"{where}: malformed field ({exc!r})") from None
-        if self.nprobe is not None and self.nprobe < 1 or self._max_chars < 1:
-            raise ArtifactCorruptError(f"{where}: nprobe and max_text_chars must be positive")
+        if (
+            self.nprobe is not None and (not isinstance(self.nprobe, int) or self.nprobe < 1)
+            or self._max_chars < 1
+        ):
+            raise ArtifactCorruptError(
+                f"{where}: nprobe, ef_search and max_text_chars must be positive"
+            )
         self.index = open_faiss_index(member(self.path, INDEX_FILE), mmap=mmap)
         self.row_entity = load_array(
             member(self.path, ROW_ENTITY_FILE), np.int64, ndim=1, mmap=mmap
@@ -319,7 +325,8 @@ class MatchIndex:
         A str with ``top_k=1`` gives a dict ``{"id", "score", "text"}`` or None; ``top_k>1``
         a list of dicts (best first, one per entity). A list gives a list of those.
         Hits scoring below ``threshold`` are dropped. Texts that normalize to empty get no
-        hit. ``None`` or non-string items raise :class:`QueryError`.
+        hit. ``None`` or non-string items raise :class:`QueryError`. ``nprobe`` overrides
+        the stored search breadth for this call: IVF lists probed, or an HNSW index's efSearch.
 
         ``explain=True`` adds ``"dense"`` and ``"lexical"`` cosines and the ``"weight"`` of
         the lexical part to each hit; ``score == (1 - weight) * dense + weight * lexical``.

@@ -19,9 +19,13 @@ SMALL_SEARCH_WORK = 20_000_000
 
 
 def search_work(index, nq: int, nprobe: int | None) -> int:  # noqa: ANN001 - a faiss.Index
-    """Rough multiply-adds of searching ``nq`` queries: the vectors scanned times ``d``."""
+    """Rough multiply-adds of searching ``nq`` queries: the vectors scanned times ``d``
+    (for HNSW, efSearch times the base level's 2M neighbours)."""
     import faiss
 
+    if isinstance(index, faiss.IndexHNSW):
+        breadth = nprobe or index.hnsw.efSearch
+        return nq * breadth * 2 * index.hnsw.nb_neighbors(0) // 2 * index.d
     try:
         ivf = faiss.extract_index_ivf(index)
     except RuntimeError:
@@ -31,12 +35,15 @@ def search_work(index, nq: int, nprobe: int | None) -> int:  # noqa: ANN001 - a 
 
 
 def search_params(index, nprobe: int | None, selector=None):  # noqa: ANN001, ANN201 - faiss objects
-    """``SearchParameters`` for this call only (thread-safe) setting ``nprobe`` and/or an
-    ``IDSelector`` that restricts the vector rows searched; None when neither is given."""
+    """``SearchParameters`` for this call only (thread-safe) setting ``nprobe`` (an HNSW
+    index's efSearch) and/or an ``IDSelector`` that restricts the vector rows searched;
+    None when neither is given."""
     import faiss
 
     if nprobe is None and selector is None:
         return None
+    if isinstance(index, faiss.IndexHNSW):
+        return faiss.SearchParametersHNSW(efSearch=int(nprobe or index.hnsw.efSearch), sel=selector)
     if isinstance(index, faiss.IndexIVF):
         return faiss.SearchParametersIVF(nprobe=int(nprobe or index.nprobe), sel=selector)
     if isinstance(index, faiss.IndexPreTransform):

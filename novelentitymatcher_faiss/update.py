@@ -47,7 +47,7 @@ from .artifact import (
     sha256_file,
     write_manifest,
 )
-from .build import CatalogWriter, _open_fresh, build_index
+from .build import CatalogWriter, _open_fresh, build_index, is_graph_factory
 from .catalog import read_catalog
 from .encoders import Encoder
 from .errors import ArtifactError, ArtifactExistsError, CatalogError
@@ -117,7 +117,7 @@ def update_index(
     elif not compact and not _layerable(old):
         raise ArtifactError(
             f"cannot layer an update over {old.path}: its {type(old.index).__name__} index "
-            "is neither flat nor IVF; update with compact=True"
+            "is neither flat, HNSW nor IVF; update with compact=True"
         )
     write = _write_compacted if compact else _write_layer
     change = _Change(masks, added, changes, started, batch_size, show_progress)
@@ -158,11 +158,11 @@ def _hidden_after(
 
 
 def _layerable(old: MatchIndex) -> bool:
-    """Whether layers can extend ``old``: a flat or IVF index (they take ID selectors and
-    give an emptied, trained copy)."""
+    """Whether layers can extend ``old``: a flat, HNSW or IVF index (they take ID selectors
+    and give an emptied, trained copy, or need no training)."""
     import faiss
 
-    if isinstance(old.index, faiss.IndexFlat):
+    if isinstance(old.index, faiss.IndexFlat | faiss.IndexHNSW):
         return True
     try:
         faiss.extract_index_ivf(old.index)
@@ -239,6 +239,7 @@ def _build_layer(
 ) -> None:
     """A sub-artifact of ``added`` encoded and indexed like ``old`` (same trained index)."""
     info = old.manifest["index"]
+    untrained = info["type"] == "flat" or is_graph_factory(info["factory"])
     build_index(
         added,
         folder,
@@ -249,7 +250,7 @@ def _build_layer(
         nprobe=old.nprobe,
         rerank=old._rerank,
         keep_vectors=old.vectors is not None,
-        trained=None if info["type"] == "flat" else _emptied(old),
+        trained=None if untrained else _emptied(old),
         batch_size=batch_size,
         show_progress=progress,
         extra_manifest={"layer": True},
@@ -306,11 +307,14 @@ def _write_compacted(old: MatchIndex, tmp: Path, change: _Change) -> None:
 
 
 def _index_kind(old: MatchIndex) -> str:
-    """How the new index is made: "flat", "ivf-lists" (codes copied) or "ivf-readd"."""
+    """How the new index is made: "flat", "graph" (an HNSW index built again from the kept
+    and added vectors), "ivf-lists" (codes copied) or "ivf-readd"."""
     import faiss
 
     if isinstance(old.index, faiss.IndexFlat):
         return "flat"
+    if isinstance(old.index, faiss.IndexHNSWFlat):
+        return "graph"
     try:
         ivf = faiss.extract_index_ivf(old.index)
     except RuntimeError:
@@ -354,9 +358,14 @@ def _new_index(
     """The new FAISS index: kept rows (renumbered in order) then the added vectors."""
     import faiss
 
-    if kind == "flat":
-        index = faiss.IndexFlatIP(old.dim)
-        if old.vectors is None:  # kept rows come back from the old flat index itself
+    if kind in ("flat", "graph"):
+        factory = old.manifest["index"]["factory"]
+        index = (
+            faiss.IndexFlatIP(old.dim)
+            if kind == "flat"
+            else faiss.index_factory(old.dim, factory, faiss.METRIC_INNER_PRODUCT)
+        )
+        if old.vectors is None:  # kept rows come back from the old index's raw vectors
             for start in range(0, old.n_vectors, _CHUNK):
                 block = old.index.reconstruct_n(start, min(_CHUNK, old.n_vectors - start))
                 index.add(np.ascontiguousarray(block[kept_rows[start : start + len(block)]]))
@@ -438,5 +447,6 @@ def _manifest(
             "encoded_vectors": encoded,
         },
     )
-    manifest["index"]["nprobe_source"] = "parent" if manifest["index"]["nprobe"] else None
+    carried = manifest["index"]["nprobe"] or manifest["index"].get("ef_search")
+    manifest["index"]["nprobe_source"] = "parent" if carried else None
     return manifest

@@ -52,6 +52,13 @@ def ivf(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def hnsw(tmp_path_factory):
+    return build_index(
+        PRODUCTS, tmp_path_factory.mktemp("h") / "hnsw", index_type="hnsw", show_progress=False
+    )
+
+
+@pytest.fixture(scope="module")
 def unis(tmp_path_factory):
     return build_index(UNIVERSITIES, tmp_path_factory.mktemp("c") / "unis", show_progress=False)
 
@@ -99,6 +106,24 @@ def test_ivf_agrees_with_flat_on_typo_queries(flat, ivf):
     assert agree >= 0.98
     distinct = np.mean([a["id"] == b["id"] for a, b in pairs])
     assert distinct > 0.5  # ids agree too wherever the name is unique
+
+
+def test_hnsw_tunes_ef_search_and_agrees_with_flat(flat, hnsw):
+    info = hnsw.manifest["index"]
+    assert (info["type"], info["factory"]) == ("hnsw", "HNSW32")
+    assert info["faiss_class"] == "IndexHNSWFlat"
+    assert info["nprobe"] is None and info["nlist"] == 0 and info["nprobe_tuning"] == []
+    tuned = info["ef_search_tuning"][-1]
+    assert tuned["ef_search"] == info["ef_search"] == hnsw.nprobe
+    assert tuned["recall_at_10"] >= 0.95 and tuned["recall_at_1"] >= 0.99
+    queries = typo_queries(seed=2)
+    pairs = list(zip(flat.match(queries), hnsw.match(queries), strict=True))
+    assert np.mean([abs(a["score"] - b["score"]) < 1e-5 for a, b in pairs]) >= 0.98
+    # the per-call override is the efSearch: a wider search never finds a worse top hit
+    narrow = hnsw.match(queries, nprobe=1)
+    wide = hnsw.match(queries, nprobe=512)
+    assert all(w["score"] >= n["score"] - 1e-6 for n, w in zip(narrow, wide, strict=True))
+    assert str(hnsw.path / "index.faiss") in Path("/proc/self/maps").read_text()
 
 
 def test_per_query_nprobe_override(ivf):

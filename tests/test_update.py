@@ -141,6 +141,24 @@ def test_ivf_update_keeps_lists_and_matches_a_fresh_build(kind, compact, change,
     assert agreement(new) >= agreement(fresh) - 0.02
 
 
+@pytest.mark.parametrize("compact", [True, False])
+def test_hnsw_update_answers_like_a_fresh_build(compact, change, fresh_flat, tmp_path):
+    old = build_index(change["old"], tmp_path / "old", index_type="hnsw", show_progress=False)
+    new = update_index(old.path, tmp_path / "new", add=change["add"], remove=change["remove"],
+                       show_progress=False, compact=compact)  # fmt: skip
+    assert len(new) == len(fresh_flat) and len(new.layers) == (0 if compact else 1)
+    assert new.manifest["index"]["ef_search"] == old.manifest["index"]["ef_search"] == new.nprobe
+    assert type(new.index).__name__ == "IndexHNSWFlat"
+    if compact:  # the graph is built again from the kept and added vectors
+        assert new.index.ntotal == fresh_flat.n_vectors
+    # the widest search agrees with exact search up to entities tied on a text
+    wide = new.match(change["queries"], top_k=1, nprobe=1024)
+    exact = fresh_flat.match(change["queries"], top_k=1)
+    agree = [abs(a["score"] - b["score"]) < 1e-5 for a, b in zip(wide, exact, strict=True)]
+    assert np.mean(agree) >= 0.99
+    assert not {h["id"] for h in new.match(change["queries"])} & set(change["remove"])
+
+
 def test_updates_chain_and_record_every_parent(change, tmp_path):
     old = build_index(change["old"], tmp_path / "v1", index_type="flat", show_progress=False)
     v2 = update_index(old.path, tmp_path / "v2", remove=change["remove"][:3],
