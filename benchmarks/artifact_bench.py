@@ -2,8 +2,8 @@
 
 Per catalog size (``make_catalog.py``), model potion-8m, all in one process:
 
-* our builds ``flat``, ``ivf``, ``ivf-fp16``, ``ivf-sq8``, ``ivf-pq`` (exact re-rank) and
-  ``auto``: build
+* our builds ``flat``, ``ivf``, ``ivf-fp16``, ``ivf-sq8``, ``ivf-pq`` (exact re-rank),
+  ``hnsw`` (up to 100k entities) and ``auto``: build
   time, artifact size; open time and RSS growth of ``load_index`` in fresh subprocesses;
 * recall@1/@10 of each approximate artifact against exact search, and an IVF nprobe sweep
   (recall, batch q/s, single-query latency: the recall/QPS frontier);
@@ -43,9 +43,12 @@ import systems  # noqa: E402
 MODEL = "potion-8m"
 DEFAULT_SIZES = (1_000, 100_000, 1_000_000)
 QUICK_SIZES = (1_000, 20_000)
-INDEX_KINDS = ("flat", "ivf", "ivf-fp16", "ivf-sq8", "ivf-pq", "auto")
-QUERY_KINDS = ("flat", "ivf", "ivf-fp16", "ivf-sq8", "ivf-pq")
+INDEX_KINDS = ("flat", "ivf", "ivf-fp16", "ivf-sq8", "ivf-pq", "hnsw", "auto")
+QUERY_KINDS = ("flat", "ivf", "ivf-fp16", "ivf-sq8", "ivf-pq", "hnsw")
 APPROX_KINDS = QUERY_KINDS[1:]
+#: Our HNSW artifact is built only up to this many entities (its build grows as n log n:
+#: minutes at 100k on two cores); vicinity's HNSW backend has the same cap.
+HNSW_MAX_ENTITIES = 100_000
 QUERY_SEED = 7
 #: Above this many entities upstream runs on a subset of the batch queries (O(N) per query).
 UPSTREAM_FULL_MAX_ENTITIES = 100_000
@@ -203,13 +206,14 @@ def ensure_artifact(
     total = (
         sum(record["size"] for record in files.values()) + (path / "manifest.json").stat().st_size
     )
-    tuning = info.get("nprobe_tuning") or []
+    tuning = info.get("nprobe_tuning") or info.get("ef_search_tuning") or []
     return {
         "requested": kind,
         "type": info["type"],
         "factory": info["factory"],
         "nlist": info.get("nlist") or None,
         "nprobe": info.get("nprobe"),
+        "ef_search": info.get("ef_search"),
         "index_dim": manifest.get("index_dim", manifest["model"]["dim"]),
         "lexical": manifest.get("lexical"),
         "tuned_recall": tuning[-1] if tuning else None,
@@ -383,7 +387,7 @@ def recall_and_sweep(
     """
     exact = indexes["flat"].match(texts, top_k=10)
     recall = {"typo_top1_accuracy_exact": top1_accuracy(exact, truth_ids)}
-    for kind in APPROX_KINDS:
+    for kind in (k for k in APPROX_KINDS if k in indexes):
         approx = indexes[kind].match(texts, top_k=10)
         recall[kind] = {
             **recall_figures(exact, approx),
@@ -508,7 +512,8 @@ def compare_systems(
     catalog = systems.encode_catalog(rows, model_path)
     print(f"  systems: catalog encoded by the raw model in {catalog.encode_s:.1f} s", flush=True)
     made = [lambda kind=kind: systems.library(f"this library {kind}", indexes[kind],
-                                              exact=kind == "flat") for kind in QUERY_KINDS]
+                                              exact=kind == "flat")
+             for kind in QUERY_KINDS if kind in indexes]  # fmt: skip
     made += system_factories(catalog, len(rows), int(ivf.manifest["index"]["nlist"]), ivf.nprobe)
     out, exact_scores, kept = [], {}, {}
     for make in made:
@@ -602,7 +607,9 @@ def bench_size(size: int, encoder: Any, library_sha: str, cfg: Config) -> dict[s
         phases[name] = round(now - phase, 1)
         phase = now
 
-    for kind in INDEX_KINDS:
+    kinds = [k for k in INDEX_KINDS if k != "hnsw" or len(rows) <= HNSW_MAX_ENTITIES]
+    query_kinds = [k for k in QUERY_KINDS if k in kinds]
+    for kind in kinds:
         path = artifact_dir(size, kind, cfg.seed)
         if kind == "auto" and len(rows) > cfg.auto_build_max_entities:
             build = derived_auto(result["builds"])
@@ -622,7 +629,7 @@ def bench_size(size: int, encoder: Any, library_sha: str, cfg: Config) -> dict[s
     result["auto_resolves_to"] = result["builds"]["auto"]["type"]
 
     result["open"] = {}
-    for kind in QUERY_KINDS:
+    for kind in query_kinds:
         path = artifact_dir(size, kind, cfg.seed)
         index_bytes = result["builds"][kind]["index_bytes"]
         result["open"][kind] = opened = measure_open(path, cfg.open_runs, cfg.threads, index_bytes)
@@ -634,7 +641,7 @@ def bench_size(size: int, encoder: Any, library_sha: str, cfg: Config) -> dict[s
         )
 
     lap("open")
-    indexes = {kind: load_index(artifact_dir(size, kind, cfg.seed)) for kind in QUERY_KINDS}
+    indexes = {kind: load_index(artifact_dir(size, kind, cfg.seed)) for kind in query_kinds}
     recall_texts, recall_ids = typo_queries(rows, cfg.recall_queries, QUERY_SEED + 2)
     single_queries, _ = typo_queries(rows, cfg.single_queries * cfg.repeats, QUERY_SEED + 1)
     result["recall"], result["nprobe_sweep"] = recall_and_sweep(
@@ -643,7 +650,7 @@ def bench_size(size: int, encoder: Any, library_sha: str, cfg: Config) -> dict[s
     print(
         "  recall vs exact: " + ", ".join(
             f"{k} nprobe {r['nprobe']} @1 {r['recall_at_1']:.3f} R@10 {r['r_at_10']:.3f}"
-            for k in APPROX_KINDS for r in [result["recall"][k]])
+            for k in APPROX_KINDS if k in indexes for r in [result["recall"][k]])
         + "\n  ivf sweep: " + ", ".join(
             f"nprobe {p['nprobe']} @10 {p['recall_at_10']:.3f} {p['batch_qps_top10']:,.0f} q/s"
             for p in result["nprobe_sweep"]),
@@ -828,13 +835,15 @@ def to_markdown(doc: dict[str, Any]) -> str:
                "RSS growth (% index)", "1st query s"]  # fmt: skip
     rows = []
     for s in doc["sizes"]:
-        for kind in INDEX_KINDS:
+        for kind in (k for k in INDEX_KINDS if k in s["builds"]):
             build = s["builds"][kind]
             shown = kind if kind != "auto" else f"auto ({build['type']})"
             if build.get("derived"):
                 shown += ", not rebuilt: same build as " + build["type"]
             if build["nprobe"]:
                 shown += f" nlist {build['nlist']} nprobe {build['nprobe']}"
+            if build.get("ef_search"):
+                shown += f" efSearch {build['ef_search']}"
             row = [f"{s['entities']:,}", f"{build['vectors']:,}", shown, f"{build['build_s']:.1f}",
                    common.human_bytes(build["artifact_bytes"]),
                    common.human_bytes(build["index_bytes"])]  # fmt: skip
@@ -894,12 +903,14 @@ def to_markdown(doc: dict[str, Any]) -> str:
          f"{r['r_at_10']:.4f}", f"{r['recall_at_10']:.4f}",
          f"{s['recall']['typo_top1_accuracy_exact']:.4f}",
          f"{r['typo_top1_accuracy']:.4f}", r["queries"]]
-        for s in doc["sizes"] for kind in APPROX_KINDS for r in [s["recall"][kind]]
+        for s in doc["sizes"] for kind in APPROX_KINDS if kind in s["recall"]
+        for r in [s["recall"][kind]]
     ]  # fmt: skip
     lines += [
         "## Our approximate artifacts against exact search (one-letter-typo queries, top 10)\n",
         common.markdown_table(
-            ["entities", "index", "nprobe", "recall@1", "R@10", "10-recall@10", "typo top-1 exact",
+            ["entities", "index", "nprobe (hnsw: efSearch)", "recall@1", "R@10", "10-recall@10",
+             "typo top-1 exact",
              "typo top-1", "queries"], recall_rows),
     ]  # fmt: skip
     sweep_rows = [

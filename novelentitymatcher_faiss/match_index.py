@@ -448,16 +448,14 @@ class MatchIndex:
         self, scores: np.ndarray, rows: np.ndarray, entities: np.ndarray
     ) -> list[list[Result]]:
         """Result dicts of (nq, k) scores, vector rows and entity rows; entity -1 is no hit."""
-        ids, texts = self.ids, self.texts
+        keep = entities >= 0
+        found = np.count_nonzero(keep, axis=1).tolist()
+        ids = iter(self.ids.take(entities[keep].tolist()))
+        texts = iter(self.texts.take(rows[keep].tolist()))
+        values = iter(scores[keep].tolist())
         return [
-            [
-                {"id": ids[e], "score": s, "text": texts[r]}
-                for s, r, e in zip(srow, rrow, erow, strict=True)
-                if e >= 0
-            ]
-            for srow, rrow, erow in zip(
-                scores.tolist(), rows.tolist(), entities.tolist(), strict=True
-            )
+            [{"id": next(ids), "score": next(values), "text": next(texts)} for _ in range(n)]
+            for n in found
         ]
 
     def _find(

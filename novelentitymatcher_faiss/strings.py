@@ -72,7 +72,19 @@ class StringTable:
     def __getitem__(self, i: int) -> str:
         if not 0 <= i < len(self):
             raise IndexError(f"{self.name}: row {i} out of range 0..{len(self) - 1}")
-        start, stop = int(self.offsets[i]), int(self.offsets[i + 1])
+        return self._decode(i, int(self.offsets[i]), int(self.offsets[i + 1]))
+
+    def take(self, rows: list[int]) -> list[str]:
+        """The strings at ``rows`` (ints in range), with one offsets lookup for them all."""
+        if not rows:
+            return []
+        at = np.asarray(rows, dtype=np.int64)
+        if int(at.min()) < 0 or int(at.max()) >= len(self):
+            raise IndexError(f"{self.name}: a row of {rows[:5]}... is out of range")
+        starts, stops = self.offsets[at].tolist(), self.offsets[at + 1].tolist()
+        return [self._decode(*row) for row in zip(rows, starts, stops, strict=True)]
+
+    def _decode(self, i: int, start: int, stop: int) -> str:
         if not 0 <= start <= stop <= len(self.blob):
             raise ArtifactCorruptError(
                 f"{self.name}.offsets.npy: row {i} points outside the blob; rebuild the artifact"
