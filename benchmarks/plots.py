@@ -19,7 +19,7 @@ from common import REPO_DIR, RESULTS_DIR
 
 #: Systems drawn in the latency plot, in legend order (others are left out for legibility).
 LATENCY_SYSTEMS = (
-    "this library flat", "this library ivf", "this library ivf-pq", "upstream (zero-shot)",
+    "this library flat", "this library ivf-fp16", "this library ivf-pq", "upstream (zero-shot)",
     "vicinity basic", "vicinity faiss flat", "floor flat",
 )  # fmt: skip
 
