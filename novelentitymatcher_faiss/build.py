@@ -615,10 +615,15 @@ def _tune_nprobe(
         if at_10 >= target and at_1 >= top1:
             return breadth, table
     if not fixed:
+        advice = (
+            "the graph misses neighbours (duplicate texts can cut it apart): use a larger M "
+            "or flat"
+            if knob == "ef_search"
+            else "the codes are too coarse: use rerank, a finer index type, or flat"
+        )
         warnings.warn(
             f"no {knob} up to {candidates[-1]} reached recall@10 {target} and recall@1 {top1} "
-            f"(best {table[-1]}); the codes are too coarse: use rerank, a finer index "
-            "type, or flat",
+            f"(best {table[-1]}); {advice}",
             stacklevel=3,
         )
     return candidates[-1], table
