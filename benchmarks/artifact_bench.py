@@ -824,7 +824,8 @@ def to_markdown(doc: dict[str, Any]) -> str:
         f"{machine.get('parallel_speedup', '?')}x (about 1 means the cores are shared: threads "
         "barely help batch figures).\n",
         "How measured: build once (the library's `build_seconds`, model already loaded); open "
-        "= `load_index` in 5 fresh subprocesses, median (page cache warm); 1st query = the "
+        "= `load_index` in 5 fresh subprocesses (2 in quick mode), median (page cache warm); "
+        "1st query = the "
         "first `match` after opening (loads and fingerprints the model); p50/p99 = "
         "`index.match(text)` one-letter-typo queries, medians over 3 rounds (round size in "
         "the JSON; fewer than 1000 where exact search is slow); batch = "
@@ -978,8 +979,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def config_from_args(args: argparse.Namespace) -> Config:
     """A :class:`Config` from parsed flags."""
     sizes = tuple(args.sizes) if args.sizes else (QUICK_SIZES if args.quick else DEFAULT_SIZES)
-    quick = {"batch_queries": 1000, "single_queries": 300, "recall_queries": 300,
-             "sweep_queries": 100} if args.quick else {}  # fmt: skip
+    # quick: fewer queries and fresh-process opens, so six kinds at two sizes fit 3 minutes
+    quick = {"batch_queries": 600, "single_queries": 150, "recall_queries": 300,
+             "sweep_queries": 100, "open_runs": 2} if args.quick else {}  # fmt: skip
     return Config(
         **quick,
         sizes=sizes,

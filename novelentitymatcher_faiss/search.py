@@ -20,12 +20,12 @@ SMALL_SEARCH_WORK = 20_000_000
 
 def search_work(index, nq: int, nprobe: int | None) -> int:  # noqa: ANN001 - a faiss.Index
     """Rough multiply-adds of searching ``nq`` queries: the vectors scanned times ``d``
-    (for HNSW, efSearch times the base level's 2M neighbours)."""
+    (for HNSW, efSearch times the neighbours of a base-level node)."""
     import faiss
 
     if isinstance(index, faiss.IndexHNSW):
         breadth = nprobe or index.hnsw.efSearch
-        return nq * breadth * 2 * index.hnsw.nb_neighbors(0) // 2 * index.d
+        return nq * breadth * index.hnsw.nb_neighbors(0) * index.d
     try:
         ivf = faiss.extract_index_ivf(index)
     except RuntimeError:
@@ -137,7 +137,7 @@ def best_per_entity(
     rows int64, entities int64), each (nq, top_k), padded with -1 / -inf.
     """
     if top_k == 1:  # the best row's entity is the best entity
-        best_rows = np.maximum(rows[:, :1], -1)
+        best_rows = np.array(rows[:, :1], dtype=np.int64)
         missing = best_rows < 0
         entities = np.asarray(row_entity)[best_rows]  # row -1 reads the last entry: masked
         entities[missing] = -1
