@@ -264,6 +264,11 @@ class Encoder:
     # Tokenizers are mutated inside encode (model2vec sets truncation on every call), and a
     # Rust tokenizer used by two threads at once fails with "Already borrowed".
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # whether encode goes through :func:`static_mean` (decided once, not per call)
+    _static: bool = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._static = self.backend == "model2vec" and _has_static_parts(self.model)
 
     def encode(
         self, texts: Sequence[str], batch_size: int = 1024, show_progress: bool = False
@@ -283,7 +288,6 @@ class Encoder:
                 raise QueryError(f"text {i} is a {type(text).__name__}, not a str")
         if not items:
             return np.zeros((0, self.dim), dtype=np.float32)
-        own = self.backend == "model2vec" and _has_static_parts(self.model)
         with self._lock:
             raw = np.asarray(self._encode_raw(items, batch_size, show_progress))
         if raw.shape != (len(items), self.native_dim):
@@ -291,13 +295,13 @@ class Encoder:
                 f"{self.model_name} returned shape {raw.shape}, "
                 f"expected {(len(items), self.native_dim)}"
             )
-        if own and self.dim == self.native_dim:  # a fresh float32 array of finite means
+        if self._static and self.dim == self.native_dim:  # fresh float32 of finite means
             return normalize_rows(raw)
         return l2_normalize(raw[:, : self.dim])
 
     def _encode_raw(self, items: list[str], batch_size: int, show_progress: bool) -> Any:
         """(n, native_dim) vectors of ``items`` before truncation and normalization."""
-        if self.backend == "model2vec" and _has_static_parts(self.model):
+        if self._static:
             starts: Any = range(0, len(items), batch_size)
             if show_progress:  # a disabled tqdm still costs more than encoding one text
                 from tqdm.auto import tqdm

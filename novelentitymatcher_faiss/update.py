@@ -359,11 +359,12 @@ def _new_index(
     import faiss
 
     if kind in ("flat", "graph"):
-        factory = old.manifest["index"]["factory"]
         index = (
             faiss.IndexFlatIP(old.dim)
             if kind == "flat"
-            else faiss.index_factory(old.dim, factory, faiss.METRIC_INNER_PRODUCT)
+            else faiss.index_factory(
+                old.dim, old.manifest["index"]["factory"], faiss.METRIC_INNER_PRODUCT
+            )
         )
         if old.vectors is None:  # kept rows come back from the old index's raw vectors
             for start in range(0, old.n_vectors, _CHUNK):
