@@ -518,7 +518,7 @@ def compare_systems(
     out, exact_scores, kept = [], {}, {}
     for make in made:
         system = make()
-        if system.family == "floor" or system.name in PAIRED:
+        if system.family == "floor" or system.name in {f"this library {k}" for k in PAIRED_KINDS}:
             kept[system.name] = system  # for the paired timing below
         sub = system.family == "upstream" and len(rows) > UPSTREAM_FULL_MAX_ENTITIES
         used = texts[: cfg.upstream_subset] if sub else texts
@@ -547,15 +547,15 @@ def compare_systems(
     return out, paired
 
 
+#: Our kinds timed back to back with a floor (:func:`floor_pairs`).
+PAIRED_KINDS = ("flat", "ivf", "ivf-fp16")
+
+
 def floor_pairs(names: Iterable[str]) -> list[tuple[str, str]]:
     """(our kind, its floor's system name) pairs: flat with the flat floor, the IVF kinds
     with the IVF floor of the same nlist and nprobe."""
     floor_ivf = next(name for name in names if name.startswith("floor IVF"))
-    return [("flat", "floor flat"), ("ivf", floor_ivf), ("ivf-fp16", floor_ivf)]
-
-
-#: Our systems timed back to back with a floor (:func:`floor_pairs`).
-PAIRED = ("this library flat", "this library ivf", "this library ivf-fp16")
+    return [(kind, "floor flat" if kind == "flat" else floor_ivf) for kind in PAIRED_KINDS]
 
 
 def paired_single(
@@ -727,6 +727,8 @@ def check_targets(sizes: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if "paired_floor" not in s and "systems" in s:  # results from before pairing
             named = by_name(s)
             for kind, floor_name in floor_pairs(named):
+                if f"this library {kind}" not in named:  # a kind added after that run
+                    continue
                 ratio = (named[f"this library {kind}"]["single"]["p50_ms"]
                          / named[floor_name]["single"]["p50_ms"])  # fmt: skip
                 checks.append(_check(
