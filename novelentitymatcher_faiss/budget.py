@@ -12,9 +12,9 @@ import re
 #: Kinds in order of preference for ``index_type="auto"`` with a budget (most accurate
 #: first; "ivf-fp16" scores within 1e-4 of "ivf" at half its size, so "ivf" is left out).
 #: Fast-scan PQ lists are read into RAM when the index opens (plain lists stay
-#: memory-mapped), so the budget's PQ kind is "ivf-pq-small": a quarter of ivf-pq's code
-#: and of its open time, at the same recall after exact re-rank (docs/scaling.md); "ivf-pq"
-#: is left to explicit requests.
+#: memory-mapped), so the budget's PQ kind is "ivf-pq-small": a quarter of ivf-pq's code,
+#: each vector under one list (ivf-pq files it under two), at the same recall after exact
+#: re-rank on most catalogs (docs/scaling.md); "ivf-pq" is left to explicit requests.
 BUDGET_KINDS = ("ivf-fp16", "ivf-sq8", "ivf-pq-small")
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
           "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}  # fmt: skip
@@ -38,20 +38,21 @@ def parse_bytes(size: str | int) -> int:
     return value
 
 
-def index_bytes(kind: str, n: int, d: int, nlist: int) -> int:
-    """Estimated RAM of a ``kind`` index holding ``n`` vectors of dimension ``d`` (an upper
-    bound for small ``n``: fast-scan lists are padded to blocks of 32 codes)."""
+def index_bytes(kind: str, n: int, d: int, nlist: int, spill: int = 1) -> int:
+    """Estimated RAM of a ``kind`` index holding ``n`` vectors of dimension ``d``, each
+    under ``spill`` lists (an upper bound for small ``n``: fast-scan lists are padded to
+    blocks of 32 codes)."""
     if kind == "flat":
         return 4 * d * n
     centroids = 4 * d * nlist
     if kind in ("ivf", "ivf-fp16"):
-        return n * ((4 if kind == "ivf" else 2) * d + 8) + centroids
+        return spill * n * ((4 if kind == "ivf" else 2) * d + 8) + centroids
     if kind == "ivf-sq8":
-        return n * (d + 8) + centroids + 8 * d  # + per-dimension min and range
+        return spill * n * (d + 8) + centroids + 8 * d  # + per-dimension min and range
     m = pq_subquantizers(kind, d)
     code = -(-m // 2)  # PQ{m}x4fs: m sub-quantizers of 4 bits
     codebooks = m * 16 * (d // m) * 4
-    return n * (code + 8) + centroids + codebooks + nlist * 32 * code
+    return spill * n * (code + 8) + centroids + codebooks + nlist * 32 * code
 
 
 def pq_subquantizers(kind: str, d: int) -> int:

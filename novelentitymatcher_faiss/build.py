@@ -13,7 +13,7 @@ import shutil
 import time
 import warnings
 from array import array
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,7 @@ from .lexical import LexicalSettings, featurize
 from .normalize import NormalizerSettings, normalize_text
 from .perturb import one_letter_typo
 from .search import ExactTopK, iter_chunks, recall_at_k, search
+from .spill import check_spill, fill
 from .strings import StringTable, StringTableWriter
 
 #: ``index_type="auto"`` builds an exact flat index below this many vectors, IVF above
@@ -84,6 +85,10 @@ _ADD_CHUNK = 65536
 TUNING_QUERIES = 1000
 #: nprobe tuning also requires this top-1 agreement with exact search.
 TOP1_TARGET = 0.99
+#: Lists each vector is filed under, by kind (others: 1). "ivf-pq" files every vector under
+#: its two nearest lists (:mod:`~novelentitymatcher_faiss.spill`): at 1M vectors recall@1
+#: 0.99 then needs about a fifth of the probes, for twice the codes.
+DEFAULT_SPILL = {"ivf-pq": 2}
 
 
 def build_index(
@@ -110,14 +115,16 @@ def build_index(
     extra_manifest: Mapping[str, Any] | None = None,
     trained: Any = None,
     memory_budget: str | int | None = None,
+    spill: int | None = None,
 ):  # noqa: ANN201 - returns MatchIndex (imported lazily to avoid a cycle)
     """Encode ``entities`` and write a memory-mappable FAISS artifact to ``path``.
 
     ``index_type``: "flat", "ivf", "ivf-fp16" (float16 codes), "ivf-sq8", "ivf-pq" (4-bit
-    fast-scan PQ with exact re-rank of ``rerank`` x candidates from stored vectors, default
-    4), "ivf-pq-small" (the same with a quarter of the sub-quantizers: d/16 bytes per
-    vector), "hnsw" (an ``HNSW_M`` graph over the raw vectors), "auto" (flat below
-    ``AUTO_FLAT_MAX_VECTORS`` vectors, else "ivf-fp16") or any FAISS factory string. For IVF
+    fast-scan PQ, d/4 bytes per vector, each vector filed under its ``spill`` nearest lists
+    (default 2), with exact re-rank of ``rerank`` x candidates from stored vectors, default
+    4), "ivf-pq-small" (a quarter of the sub-quantizers, one list per vector), "hnsw"
+    (an ``HNSW_M`` graph over the raw vectors), "auto" (flat below ``AUTO_FLAT_MAX_VECTORS``
+    vectors, else "ivf-fp16") or any FAISS factory string. For IVF
     indexes ``nprobe`` (for HNSW indexes efSearch, stored as ``ef_search`` and tried from
     ``EF_SEARCH_GRID``) defaults to the smallest value whose recall@10 against exact search
     (FAISS's R@10: the exact nearest neighbour is among the 10 returned), on typo'd samples
@@ -130,7 +137,9 @@ def build_index(
     a warning when the index will not fit. IVF indexes of ``HNSW_QUANTIZER_MIN_NLIST`` lists
     or more get an HNSW coarse quantizer; the named kinds with ``HNSW_SEARCH_MIN_NLIST``
     lists or more are built with a flat one and then search through an HNSW graph over the
-    same centroids (:func:`use_graph_quantizer`).
+    same centroids (:func:`use_graph_quantizer`). ``spill`` > 1 (bare IVF indexes only, and
+    ``rerank >= spill``, which drops the repeated rows a search then returns) files each
+    vector under that many nearest lists (:mod:`~novelentitymatcher_faiss.spill`).
     Returns the opened :class:`~novelentitymatcher_faiss.match_index.MatchIndex`.
     """
 
@@ -157,6 +166,9 @@ def build_index(
             index_type, len(vectors), vectors.shape[1], nlist, budget
         )
         rerank = (4 if kind in ("ivf-pq", "ivf-pq-small") else 0) if rerank is None else rerank
+        spill = DEFAULT_SPILL.get(kind, 1) if spill is None else spill
+        if spill > 1 and rerank < spill:
+            raise ValueError(f"spill {spill} needs rerank >= {spill} (got {rerank})")
         # the add pass also finds the exact top 10 of the tuning queries: one read of the
         # vectors, not two
         graph = is_graph_factory(factory)
@@ -165,7 +177,7 @@ def build_index(
             if n_list or graph
             else None
         )
-        index = _train_and_add(factory, vectors, seed, show_progress, trained, exact)
+        index = _train_and_add(factory, vectors, seed, show_progress, trained, exact, spill)
         if kind in INDEX_TYPES and n_list >= HNSW_SEARCH_MIN_NLIST:
             use_graph_quantizer(index)  # before tuning: nprobe is tuned on the search path
         tuning: list[dict[str, float]] = []
@@ -179,6 +191,7 @@ def build_index(
                 (target_recall, target_top1),
                 rerank,
                 show_progress,
+                spill,
             )
         import faiss
 
@@ -221,6 +234,7 @@ def build_index(
                 "ef_search": nprobe if graph else None,
                 "ef_search_tuning": tuning if graph else [],
                 "rerank": rerank,
+                "spill": spill,
                 "vectors_stored": (tmp / VECTORS_FILE).exists(),
                 "memory_budget": budget,
             },
@@ -505,9 +519,11 @@ def _train_and_add(  # noqa: ANN202 - a faiss.Index
     show_progress: bool,
     trained: Any = None,
     exact: ExactTopK | None = None,
+    spill: int = 1,
 ):
     """A trained index (a copy of ``trained``, else :func:`new_trained_index`) holding
-    ``vectors``, added in chunks; each chunk also goes to ``exact``."""
+    ``vectors``, added in chunks, each vector under ``spill`` lists (:func:`spill.fill`);
+    each chunk also goes to ``exact``."""
     import faiss
 
     n, d = vectors.shape
@@ -520,14 +536,18 @@ def _train_and_add(  # noqa: ANN202 - a faiss.Index
         )
     else:
         index = faiss.clone_index(trained)
+    check_spill(index, spill)
     desc = "adding vectors" + ("" if exact is None else " (and exact search for nprobe tuning)")
-    with tqdm(total=n, desc=desc, unit=" vectors", disable=not show_progress) as bar:
+
+    def blocks() -> Iterator[tuple[int, np.ndarray]]:
         for start, block in iter_chunks(vectors, _ADD_CHUNK):
-            index.add(block)
+            yield start, block
             if exact is not None:
                 exact.add(start, block)
             bar.update(len(block))
-    return index
+
+    with tqdm(total=n, desc=desc, unit=" vectors", disable=not show_progress) as bar:
+        return fill(index, blocks(), spill)
 
 
 def _typo_queries(
@@ -577,6 +597,7 @@ def _tune_nprobe(
     targets: tuple[float, float],
     rerank: int,
     show_progress: bool = False,
+    spill: int = 1,
 ) -> tuple[int, list[dict[str, float]]]:
     """Smallest search breadth of ``grid`` (nprobe for IVF, efSearch for HNSW) with
     recall@10 >= ``targets[0]`` and recall@1 >= ``targets[1]`` for ``exact``'s queries,
@@ -592,14 +613,15 @@ def _tune_nprobe(
     target, top1 = targets
     queries, k = exact.queries, exact.k
     truth, _ = exact.result()
+    options = {"vectors": vectors, "rerank": rerank, "spill": spill}
     candidates = [fixed] if fixed else grid
     table = []
     for breadth in candidates:
-        _, found = search(index, queries, k, nprobe=breadth, vectors=vectors, rerank=rerank)
+        _, found = search(index, queries, k, nprobe=breadth, **options)
         at_10 = recall_at_k(queries, found, truth[:, :1], vectors)
         first = found[:, :1]  # without re-rank, the top-10 search's first column is top-1
         if rerank > 1:  # re-ranking fetches a different candidate count for k=1
-            _, first = search(index, queries, 1, nprobe=breadth, vectors=vectors, rerank=rerank)
+            _, first = search(index, queries, 1, nprobe=breadth, **options)
         at_1 = recall_at_k(queries, first, truth[:, :1], vectors)
         table.append(
             {

@@ -134,6 +134,7 @@ class MatchIndex:
             # the stored search breadth: IVF nprobe, or an HNSW index's efSearch
             self.nprobe = info["nprobe"] if info.get("ef_search") is None else info["ef_search"]
             self._rerank = info["rerank"]
+            self.spill = int(info.get("spill", 1))  # lists each vector is filed under
             self.normalizer = NormalizerSettings.from_dict(manifest["normalizer"])
             self._max_chars = int(manifest.get("max_text_chars", 2048))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -141,9 +142,10 @@ class MatchIndex:
         if (
             self.nprobe is not None and (not isinstance(self.nprobe, int) or self.nprobe < 1)
             or self._max_chars < 1
+            or self.spill < 1
         ):
             raise ArtifactCorruptError(
-                f"{where}: nprobe, ef_search and max_text_chars must be positive"
+                f"{where}: nprobe, ef_search, spill and max_text_chars must be positive"
             )
         self.index = open_faiss_index(member(self.path, INDEX_FILE), mmap=mmap)
         self.row_entity = load_array(
@@ -174,9 +176,10 @@ class MatchIndex:
     def _check_consistency(self, info: dict[str, Any]) -> None:
         where = self.path / "manifest.json"
         problems = []
-        if self.index.ntotal != self.n_vectors:
+        if self.index.ntotal != self.n_vectors * self.spill:
             problems.append(
                 f"index holds {self.index.ntotal} vectors, manifest says {self.n_vectors}"
+                + (f" x spill {self.spill}" if self.spill > 1 else "")
             )
         if self.index.d != self.dim:
             problems.append(f"index dimension {self.index.d}, manifest says {self.dim}")
@@ -470,7 +473,9 @@ class MatchIndex:
         """
         import faiss
 
-        options = {"nprobe": nprobe, "vectors": self.vectors, "rerank": self._rerank}
+        options = {
+            "nprobe": nprobe, "vectors": self.vectors, "rerank": self._rerank, "spill": self.spill
+        }
         if self._selector is None or not isinstance(self.index, faiss.IndexFlat):
             return search(self.index, vectors, fetch, selector=self._selector, **options)
         wide = min(self.n_vectors, 2 * fetch + HIDDEN_SLACK)

@@ -61,13 +61,15 @@ def search(
     vectors: np.ndarray | None = None,
     rerank: int = 0,
     selector=None,  # noqa: ANN001 - a faiss.IDSelector
+    spill: int = 1,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` inner-product search; returns (scores float32 (nq, k), rows int64 (nq, k)).
 
     ``selector`` (a FAISS ``IDSelector``) restricts the rows that can be returned.
     With ``vectors`` (float32 (n, d), may be a memmap) and ``rerank > 1``,
-    ``max(k * rerank, RERANK_MIN_CANDIDATES)`` candidates are fetched and re-scored exactly
-    against the stored vectors.
+    ``max(k * rerank, RERANK_MIN_CANDIDATES) * spill`` candidates are fetched (an index
+    filing each vector under ``spill`` lists can return a row ``spill`` times) and re-scored
+    exactly against the stored vectors.
     Small searches (one query, or under ``SMALL_SEARCH_WORK`` multiply-adds) run on one
     OpenMP thread, where starting more threads costs more than it saves; the calling
     thread's OpenMP setting, which torch shares, is restored before returning.
@@ -77,7 +79,8 @@ def search(
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     k = max(1, min(k, index.ntotal))
     reranking = vectors is not None and rerank > 1
-    fetch = min(index.ntotal, max(k * rerank, RERANK_MIN_CANDIDATES)) if reranking else k
+    candidates = max(k * rerank, RERANK_MIN_CANDIDATES) * spill
+    fetch = min(index.ntotal, candidates) if reranking else k
     params = search_params(index, nprobe, selector)
     threads = faiss.omp_get_max_threads()
     if len(queries) == 1 or search_work(index, len(queries), nprobe) < SMALL_SEARCH_WORK:
@@ -119,8 +122,17 @@ def scores_of_rows(queries: np.ndarray, rows: np.ndarray, vectors: np.ndarray) -
 def rerank_exact(
     queries: np.ndarray, rows: np.ndarray, vectors: np.ndarray, k: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Re-score candidate ``rows`` (nq, c) exactly with ``vectors``; keep the best ``k``."""
+    """Re-score candidate ``rows`` (nq, c) exactly with ``vectors``; keep the best ``k``.
+
+    A row listed twice for a query (an index that files vectors under several lists) is
+    kept once.
+    """
     exact = scores_of_rows(queries, rows, vectors)
+    by_row = np.argsort(rows, axis=1)
+    sorted_rows = np.take_along_axis(rows, by_row, 1)
+    repeated = np.zeros(rows.shape, dtype=bool)
+    np.put_along_axis(repeated, by_row[:, 1:], sorted_rows[:, 1:] == sorted_rows[:, :-1], 1)
+    exact[repeated] = -np.inf
     order = np.argsort(-exact, axis=1, kind="stable")[:, :k]
     scores = np.take_along_axis(exact, order, 1)
     best = np.take_along_axis(rows, order, 1)

@@ -53,6 +53,7 @@ from .encoders import Encoder
 from .errors import ArtifactError, ArtifactExistsError, CatalogError
 from .match_index import MatchIndex, load_index
 from .search import iter_chunks
+from .spill import fill
 
 _CHUNK = 65536
 #: ``compact=None`` writes a layer while the layers (with this update) hold at most this
@@ -249,6 +250,7 @@ def _build_layer(
         lexical=old.lexical or False,
         nprobe=old.nprobe,
         rerank=old._rerank,
+        spill=old.spill,
         keep_vectors=old.vectors is not None,
         trained=None if untrained else _emptied(old),
         batch_size=batch_size,
@@ -378,15 +380,16 @@ def _new_index(
     ivf = faiss.extract_index_ivf(index)
     if kind == "ivf-lists":
         lists, total = _kept_lists(ivf, kept_rows)
+        first = int(kept_rows.sum())
     else:  # packed (fast-scan) lists: start empty and add every row again
         lists = _empty_like(ivf)
-        total, new_vectors = 0, vectors
+        total, first, new_vectors = 0, 0, vectors
     ivf.replace_invlists(lists, True)
     lists.this.disown()  # the index owns it now
     ivf.ntotal = index.ntotal = total
-    for _, block in iter_chunks(new_vectors, _CHUNK):
-        index.add(block)  # ids continue from ``total``: the rows after the kept ones
-    return index
+    # ids continue from ``first``: the rows after the kept ones
+    blocks = ((first + start, block) for start, block in iter_chunks(new_vectors, _CHUNK))
+    return fill(index, blocks, old.spill)
 
 
 def _kept_lists(ivf: Any, kept_rows: np.ndarray) -> tuple[Any, int]:

@@ -44,8 +44,9 @@ def test_the_most_accurate_kind_that_fits_is_picked():
     assert pick_kind(n, d, nlist, 11 * 10**9, 100_000) == "ivf-fp16"
     assert pick_kind(n, d, nlist, 8 * 10**9, 100_000) == "ivf-sq8"
     assert pick_kind(n, d, nlist, 2 * 10**9, 100_000) == "ivf-pq-small"
-    small, pq = index_bytes("ivf-pq-small", n, d, nlist), index_bytes("ivf-pq", n, d, nlist)
-    assert small < 10**9 < pq < 2 * 10**9
+    small = index_bytes("ivf-pq-small", n, d, nlist)
+    pq = index_bytes("ivf-pq", n, d, nlist, spill=2)  # each vector under two lists
+    assert small < 10**9 < 2 * 10**9 < pq < 4 * 10**9
     with pytest.raises(ValueError, match="ivf-pq-small needs about"):
         pick_kind(n, d, nlist, 3 * 10**8, 100_000)
 

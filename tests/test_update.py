@@ -109,8 +109,10 @@ def test_ivf_update_keeps_lists_and_matches_a_fresh_build(kind, compact, change,
                       show_progress=False)  # fmt: skip
     new = update_index(old.path, tmp_path / "new", add=change["add"], remove=change["remove"],
                        show_progress=False, compact=compact)  # fmt: skip
-    if compact:
-        assert new.index.ntotal == new.n_vectors == fresh_flat.n_vectors
+    assert new.spill == old.spill == (2 if kind == "ivf-pq" else 1)
+    if compact:  # every vector under ``spill`` lists, old rows and added ones alike
+        assert new.index.ntotal == new.n_vectors * new.spill
+        assert new.n_vectors == fresh_flat.n_vectors
     else:  # the layer shares the old index's trained quantizer and codes' training
         layer = new.layers[0]
         assert layer.manifest["index"]["factory"] == old.manifest["index"]["factory"]
