@@ -2,7 +2,8 @@
 
 Re-indexes the vectors of the artifact benchmark's ``ivf-pq`` artifact (1M entities by
 default; build it first with ``python benchmarks/artifact_bench.py --sizes 1M``) with the
-same coarse lists and ``PQ{M}x4fs`` codes for each ``M``, in one process, and measures:
+same coarse lists and ``PQ{M}x4fs`` codes for each ``M`` and each spill (every vector
+filed under its ``spill`` nearest lists), in one process, and measures:
 build (train + add) seconds, index bytes, opening the index file (median of 5, page cache
 warm), and for each nprobe the tie-aware recall@1 and R@10 (the exact top hit is among the
 10 returned) after the library's exact re-rank, against exact search, on one-letter-typo
@@ -10,7 +11,8 @@ queries of the catalog's own texts, and 10-recall@10 (how much of the exact top 
 returned), plus the single-query search p50 on one thread (encoding excluded: it is the
 same for every M).
 
-    python benchmarks/pq_bench.py [--size 1M] [--subquantizers 128 64] [--nprobe 16 32 64]
+    python benchmarks/pq_bench.py [--size 1M] [--subquantizers 128 64] [--spill 1 2]
+        [--nprobe 16 32 64]
 """
 
 from __future__ import annotations
@@ -37,21 +39,23 @@ from common import (
 
 
 def measure(ix: Any, queries: Any, vectors: Any, truth: Any, nprobes: list[int], rerank: int,
-            singles: int) -> list[dict[str, Any]]:  # fmt: skip
+            singles: int, spill: int = 1) -> list[dict[str, Any]]:  # fmt: skip
     """Recall and single-query latency of ``ix`` at each nprobe."""
     from novelentitymatcher_faiss.search import recall_at_k, search
 
     rows = []
+    options = {"vectors": vectors, "rerank": rerank, "spill": spill}
     for nprobe in nprobes:  # truth: exact top-10 scores, best first
-        _, found = search(ix, queries, 10, nprobe=nprobe, vectors=vectors, rerank=rerank)
+        _, found = search(ix, queries, 10, nprobe=nprobe, **options)
+        _, first = search(ix, queries, 1, nprobe=nprobe, **options)
         times = []
         for q in queries[:singles]:
             start = time.perf_counter()
-            search(ix, q[None], 10, nprobe=nprobe, vectors=vectors, rerank=rerank)
+            search(ix, q[None], 1, nprobe=nprobe, **options)
             times.append((time.perf_counter() - start) * 1e3)
         rows.append({
             "nprobe": nprobe,
-            "recall_at_1": recall_at_k(queries, found[:, :1], truth[:, :1], vectors),
+            "recall_at_1": recall_at_k(queries, first, truth[:, :1], vectors),
             "r_at_10": recall_at_k(queries, found, truth[:, :1], vectors),
             "recall_10_at_10": recall_at_k(queries, found, truth, vectors),
             "single_p50_ms": statistics.median(times),
@@ -65,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", default="1M")
     parser.add_argument("--subquantizers", type=int, nargs="+", default=[128, 64])
     parser.add_argument("--nprobe", type=int, nargs="+", default=[16, 32, 64])
+    parser.add_argument("--spill", type=int, nargs="+", default=[1])
     parser.add_argument("--rerank", type=int, default=4)
     parser.add_argument("--queries", type=int, default=500)
     parser.add_argument("--singles", type=int, default=200)
@@ -95,11 +100,11 @@ def main(argv: list[str] | None = None) -> int:
           "exact search ...", flush=True)  # fmt: skip
     truth, _ = exact_knn(queries, vectors, 10)
     results = []
-    for m in args.subquantizers:
+    for m, spill in [(m, s) for m in args.subquantizers for s in args.spill]:
         factory = f"IVF{nlist},PQ{m}x4fs"
         faiss_threads(2)
         start = time.perf_counter()
-        ix = _train_and_add(factory, vectors, 0, True)
+        ix = _train_and_add(factory, vectors, 0, True, spill=spill)
         build_s = time.perf_counter() - start
         with tempfile.TemporaryDirectory() as tmp:
             file = Path(tmp) / "index.faiss"
@@ -111,19 +116,22 @@ def main(argv: list[str] | None = None) -> int:
                 opens.append(time.perf_counter() - start)
             size_bytes = file.stat().st_size
         faiss_threads(1)
-        rows = measure(ix, queries, vectors, truth, args.nprobe, args.rerank, args.singles)
-        results.append({"factory": factory, "build_s": build_s, "index_bytes": size_bytes,
+        rows = measure(ix, queries, vectors, truth, args.nprobe, args.rerank, args.singles, spill)
+        results.append({"factory": factory, "spill": spill, "build_s": build_s,
+                        "index_bytes": size_bytes,
                         "open_s": statistics.median(opens), "by_nprobe": rows})  # fmt: skip
-        print(f"{factory}: {human_bytes(size_bytes)}, open {statistics.median(opens):.3f} s, "
+        print(f"{factory} spill {spill}: {human_bytes(size_bytes)}, "
+              f"open {statistics.median(opens):.3f} s, "
               + "; ".join(f"nprobe {r['nprobe']} R@1 {r['recall_at_1']:.3f} "
                           f"{r['single_p50_ms']:.2f} ms" for r in rows), flush=True)  # fmt: skip
     doc = {"benchmark": "pq", "entities": size, "vectors": len(vectors), "rerank": args.rerank,
            "queries": len(queries), "environment": info, "results": results,
            "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}  # fmt: skip
     table = markdown_table(
-        ["index", "bytes", "open s", "build s", "nprobe", "recall@1", "R@10", "10-recall@10",
-         "single p50 ms"],
-        [[r["factory"], human_bytes(r["index_bytes"]), f"{r['open_s']:.3f}", f"{r['build_s']:.0f}",
+        ["index", "spill", "bytes", "open s", "build s", "nprobe", "recall@1", "R@10",
+         "10-recall@10", "single p50 ms"],
+        [[r["factory"], r.get("spill", 1), human_bytes(r["index_bytes"]), f"{r['open_s']:.3f}",
+          f"{r['build_s']:.0f}",
           p["nprobe"], f"{p['recall_at_1']:.3f}", f"{p['r_at_10']:.3f}",
           f"{p['recall_10_at_10']:.3f}", f"{p['single_p50_ms']:.2f}"]
          for r in results for p in r["by_nprobe"]],
@@ -131,9 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     machine = info["machine"]
     markdown = (
         f"# PQ code size ({size:,} entities, {len(vectors):,} vectors)\n\n"
-        f"`python benchmarks/pq_bench.py --size {args.size}`, {doc['started_at']}. "
+        f"`python benchmarks/pq_bench.py {' '.join(sys.argv[1:] if argv is None else argv)}`, "
+        f"{doc['started_at']}. "
         f"Exact re-rank of {args.rerank}x the candidates; {len(queries)} typo queries; "
-        f"single-query search on one thread, encoding excluded. Machine: "
+        f"single-query top-1 search on one thread, re-rank included, encoding excluded. "
+        f"Machine: "
         f"{machine['cpu_model']}, {machine['usable_cores']} cores.\n\n" + table
     )
     write_results("pq", doc, markdown)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import mmap
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -71,24 +72,46 @@ def prefetch(array: np.ndarray, rows: np.ndarray | slice) -> None:
 
     ``rows``: a slice, or int64 row numbers of any shape (negative ones skipped). The reads
     are issued together and run in parallel; touching the rows afterwards waits for them
-    instead of faulting them in one by one. A no-op for arrays in RAM.
+    instead of faulting them in one by one. Scattered rows are asked for once per page and
+    mapping: a page asked for before is taken to be in the page cache (if it was evicted
+    since, touching it reads it back, one page at a time), so a warm search makes no system
+    call here. A no-op for arrays in RAM.
     """
     found = _mapping(array)
     if found is None or not hasattr(mmap, "MADV_WILLNEED"):
         return
     mapping, offset = found
     row_bytes = array.strides[0]
+    page = mmap.PAGESIZE
     if isinstance(rows, slice):
         start, stop, _ = rows.indices(len(array))
         spans = [(start, stop)] if stop > start else []
     else:
-        picked = np.unique(np.asarray(rows, dtype=np.int64))
-        spans = [(int(r), int(r) + 1) for r in picked[(picked >= 0) & (picked < len(array))]]
-    page = mmap.PAGESIZE
+        picked = np.asarray(rows, dtype=np.int64).ravel()
+        picked = picked[(picked >= 0) & (picked < len(array))]
+        asked = _asked_pages(mapping)
+        first = (offset + picked * row_bytes) // page
+        last = (offset + (picked + 1) * row_bytes - 1) // page
+        new = ~(asked[first] & asked[last])
+        if not new.any():  # the usual case once the index is warm
+            return
+        asked[first[new]] = asked[last[new]] = True
+        spans = [(int(r), int(r) + 1) for r in np.unique(picked[new])]
     for start, stop in spans:
-        first = offset + start * row_bytes
-        aligned = first - first % page
+        begin = offset + start * row_bytes
+        aligned = begin - begin % page
         mapping.madvise(mmap.MADV_WILLNEED, aligned, offset + stop * row_bytes - aligned)
+
+
+_ASKED: weakref.WeakKeyDictionary[mmap.mmap, np.ndarray] = weakref.WeakKeyDictionary()
+
+
+def _asked_pages(mapping: mmap.mmap) -> np.ndarray:
+    """bool (pages of ``mapping``,): the pages :func:`prefetch` has asked for already."""
+    asked = _ASKED.get(mapping)
+    if asked is None:
+        asked = _ASKED[mapping] = np.zeros(-(-len(mapping) // mmap.PAGESIZE), dtype=bool)
+    return asked
 
 
 def gather_rows(array: np.ndarray, rows: np.ndarray, chunk: int = 8192) -> np.ndarray:

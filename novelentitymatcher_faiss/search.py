@@ -128,6 +128,11 @@ def rerank_exact(
     kept once.
     """
     exact = scores_of_rows(queries, rows, vectors)
+    if k == 1:  # a repeat cannot change the best row
+        best = np.argmax(exact, axis=1)[:, None]
+        scores, top = np.take_along_axis(exact, best, 1), np.take_along_axis(rows, best, 1)
+        top[np.isneginf(scores)] = -1
+        return scores, top
     by_row = np.argsort(rows, axis=1)
     sorted_rows = np.take_along_axis(rows, by_row, 1)
     repeated = np.zeros(rows.shape, dtype=bool)

@@ -84,3 +84,23 @@ def test_prefetched_scores_and_chunks_are_exact(stored):
     blocks = list(iter_chunks(array, 9_999))
     assert [start for start, _ in blocks] == [0, 9_999, 19_998, 29_997, 39_996]
     np.testing.assert_array_equal(np.concatenate([b for _, b in blocks]), matrix)
+
+
+def test_scattered_rows_are_asked_for_once_per_page(stored):
+    import mmap
+
+    from novelentitymatcher_faiss.arrays import _asked_pages, _mapping
+
+    path, _ = stored
+    array = load_array(path, np.float32, ndim=2)
+    mapping, offset = _mapping(array)
+    rows = np.array([[7, 20_000, -1], [39_999, 7, 3]])
+    prefetch(array, rows)
+    asked = _asked_pages(mapping)
+    page, row_bytes = mmap.PAGESIZE, DIM * 4
+    want = {p for r in (3, 7, 20_000, 39_999)
+            for p in range((offset + r * row_bytes) // page,
+                           (offset + (r + 1) * row_bytes - 1) // page + 1)}  # fmt: skip
+    assert set(np.flatnonzero(asked).tolist()) == want
+    prefetch(array, np.array([7, 3]))  # nothing new to ask for
+    assert set(np.flatnonzero(_asked_pages(mapping)).tolist()) == want
