@@ -8,6 +8,10 @@ single-query p50/p99 (encode included) on typo queries, and recall against exact
 (the stored vectors, read in chunks) on a sample of typo queries.
 
     python benchmarks/large_bench.py [--size 10M] [--budget 2GB] [--queries 500]
+    python benchmarks/large_bench.py --size 1M --index ivf-pq   # one named kind, no budget
+
+With ``--index KIND`` the build is ``build_index(index_type=KIND)`` with the library's
+default tuning targets, and the results go to ``large-SIZE-KIND``.
 """
 
 from __future__ import annotations
@@ -42,7 +46,8 @@ CHILD = """
 import json, sys, time
 from novelentitymatcher_faiss import build_index
 started = time.perf_counter()
-index = build_index(sys.argv[1], sys.argv[2], memory_budget=sys.argv[3], overwrite=True,
+budget = None if sys.argv[3] == "none" else sys.argv[3]
+index = build_index(sys.argv[1], sys.argv[2], memory_budget=budget, overwrite=True,
                     show_progress=True, **json.loads(sys.argv[4]))
 status = dict(line.split(":", 1) for line in open("/proc/self/status") if ":" in line)
 print(json.dumps({"wall_s": time.perf_counter() - started,
@@ -85,10 +90,9 @@ def recall(index: Any, texts: list[str]) -> dict[str, float]:
     started = time.perf_counter()
     truth, _ = exact_knn(queries, index.vectors, 10)
     exact_s = time.perf_counter() - started
-    _, found = search(index.index, queries, 10, nprobe=index.nprobe, vectors=index.vectors,
-                      rerank=index._rerank)  # fmt: skip
-    _, first = search(index.index, queries, 1, nprobe=index.nprobe, vectors=index.vectors,
-                      rerank=index._rerank)  # fmt: skip
+    options = {"vectors": index.vectors, "rerank": index._rerank, "spill": index.spill}
+    _, found = search(index.index, queries, 10, nprobe=index.nprobe, **options)
+    _, first = search(index.index, queries, 1, nprobe=index.nprobe, **options)
     return {
         "queries": len(texts),
         "recall_at_1": recall_at_k(queries, first, truth[:, :1], index.vectors),
@@ -145,8 +149,11 @@ def to_markdown(doc: dict[str, Any]) -> str:
         f"{doc['started_at']}; machine: {env['machine']['cpu_model']}, "
         f"{env['machine']['usable_cores']} cores, {env['machine']['ram_gib']} GiB; versions: "
         + ", ".join(f"{k} {v}" for k, v in env["versions"].items()) + ".\n",
-        f"`build_index(catalog, index_type='auto', memory_budget='{doc['budget']}', "
-        + ", ".join(f"{k}={v}" for k, v in doc.get("build_options", {}).items()) + ")` in a "
+        "`build_index(catalog, "
+        + ", ".join([*([] if doc["budget"] == "none" else
+                       [f"index_type='auto', memory_budget='{doc['budget']}'"]),
+                     *(f"{k}={v!r}" for k, v in doc.get("build_options", {}).items())])
+        + ")` in a "
         "child process (peak RSS = its VmHWM, mapped file pages included); catalog "
         f"generated in {doc['catalog_s']:.0f} s. Open = `load_index` in fresh processes "
         "(median); single = `index.match(text)`, encode included, one-letter-typo queries; "
@@ -165,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=make_catalog.parse_size, default=10_000_000)
     parser.add_argument("--budget", default="2GB")
+    parser.add_argument("--index", default="auto",
+                        help="a named index kind built without a budget (default: auto with "
+                        "--budget)")  # fmt: skip
     parser.add_argument("--queries", type=int, default=500)
     parser.add_argument("--target-recall", type=float, default=0.92,
                         help="nprobe tuning target for recall@10 and recall@1 (the goal is "
@@ -178,20 +188,25 @@ def main(argv: list[str] | None = None) -> int:
     print_environment(info)
     started = time.perf_counter()
     catalog = artifact_bench.catalog_path(args.size, make_catalog.DEFAULT_SEED)
-    doc: dict[str, Any] = {"benchmark": "large", "entities": args.size, "budget": args.budget,
+    named = args.index != "auto"
+    budget = "none" if named else args.budget
+    name = f"large-{make_catalog.size_label(args.size)}-{args.index}" if named else "large"
+    doc: dict[str, Any] = {"benchmark": name, "entities": args.size, "budget": budget,
                            "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                            "environment": info, "catalog_s": time.perf_counter() - started}
-    out = artifact_bench.artifact_dir(args.size, f"budget-{args.budget}",
+    out = artifact_bench.artifact_dir(args.size, f"large-{args.index}" if named
+                                      else f"budget-{args.budget}",
                                       make_catalog.DEFAULT_SEED)  # fmt: skip
     print(f"{'measuring' if args.measure_only else 'building'} {out.name} ...", flush=True)
-    options = {"target_recall": args.target_recall, "target_top1": args.target_recall}
+    options = ({"index_type": args.index} if named else
+               {"target_recall": args.target_recall, "target_top1": args.target_recall})
     doc["build_options"] = options
     if args.measure_only:
-        last = json.loads((RESULTS_DIR / "large.json").read_text(encoding="utf-8"))
+        last = json.loads((RESULTS_DIR / f"{name}.json").read_text(encoding="utf-8"))
         doc["build_options"], doc["build"] = last["build_options"], last["build"]
         doc["build"].setdefault("measured_at", last["started_at"])
     else:
-        doc["build"] = build(catalog, out, args.budget, options)
+        doc["build"] = build(catalog, out, budget, options)
     print(f"  built in {doc['build']['wall_s'] / 60:.1f} min, peak RSS "
           f"{human_bytes(doc['build']['vm_hwm_bytes'])}", flush=True)  # fmt: skip
     evict(out)
@@ -210,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     del rows
     doc["recall"] = recall(index, texts)
     print(json.dumps({k: doc[k] for k in ("open", "single", "recall")}, default=str)[:600])
-    write_results("large", doc, to_markdown(doc))
+    write_results(name, doc, to_markdown(doc))
     return 0
 
 

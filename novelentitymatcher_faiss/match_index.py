@@ -451,6 +451,13 @@ class MatchIndex:
         self, scores: np.ndarray, rows: np.ndarray, entities: np.ndarray
     ) -> list[list[Result]]:
         """Result dicts of (nq, k) scores, vector rows and entity rows; entity -1 is no hit."""
+        if entities.size == 1:  # one query, top 1: plain item access
+            row = int(entities[0, 0])
+            if row < 0:
+                return [[]]
+            hit = {"id": self.ids[row], "score": float(scores[0, 0]),
+                   "text": self.texts[int(rows[0, 0])]}  # fmt: skip
+            return [[hit]]
         keep = entities >= 0
         found = np.count_nonzero(keep, axis=1).tolist()
         ids = iter(self.ids.take(entities[keep].tolist()))
