@@ -169,8 +169,7 @@ def to_markdown(doc: dict[str, Any]) -> str:
         "(median); single = `index.match(text)`, encode included, one-letter-typo queries, "
         + ("with the artifact in the page cache; " if doc.get("single_page_cache") == "warm"
            else "with the artifact's pages dropped from the page cache first; ")
-        + ""
-        "recall against exact search over the stored vectors."
+        + "recall against exact search over the stored vectors."
         + (f" Build figures from the run of {b['measured_at']} (`--measure-only`)."
            if "measured_at" in b else "") + "\n",
         markdown_table(["entities", "vectors", "index", "build", "peak RSS", "artifact",
