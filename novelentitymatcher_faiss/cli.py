@@ -28,6 +28,10 @@ def _parser() -> argparse.ArgumentParser:
         help="auto, flat, ivf, ivf-fp16, ivf-sq8, ivf-pq, ivf-pq-small, hnsw or a factory string",
     )
     build.add_argument("--nprobe", type=int, default=None, help="fix nprobe instead of tuning it")
+    build.add_argument(
+        "--spill", type=int, default=None,
+        help="file each vector under this many nearest IVF lists (default: 2 for ivf-pq, else 1)",
+    )  # fmt: skip
     build.add_argument("--batch-size", type=int, default=1024)
     build.add_argument(
         "--bundle-model", action="store_true", help="copy the model into the artifact"
@@ -129,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "models": _models,
         }[args.command]
         return handler(args)
-    except NemFaissError as exc:
+    except (NemFaissError, ValueError) as exc:  # ValueError: an argument the library refused
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:
@@ -146,6 +150,7 @@ def _build(args: argparse.Namespace) -> int:
         embedding_dim=args.dim,
         index_type=args.index,
         nprobe=args.nprobe,
+        spill=args.spill,
         batch_size=args.batch_size,
         normalize=not args.no_normalize,
         lexical=not args.no_lexical,
@@ -275,7 +280,7 @@ def _info(args: argparse.Namespace) -> int:
     )
     print(
         f"index:      {index['type']} ({index['factory']}), "
-        f"nlist {index['nlist']}, nprobe {index['nprobe']}"
+        f"nlist {index['nlist']}, nprobe {index['nprobe']}, spill {index.get('spill', 1)}"
     )
     print(f"counts:     {counts['entities']} entities, {counts['vectors']} vectors")
     print(f"size:       {size / 1e6:.1f} MB in {len(manifest['files'])} files")

@@ -79,6 +79,15 @@ def test_verify_detects_damage_and_errors_exit_2(artifact, tmp_path):
     assert dense.returncode == 0, dense.stderr
     manifest = json.loads((tmp_path / "dense" / "manifest.json").read_text())
     assert manifest["lexical"] is None and manifest["index_dim"] == manifest["model"]["dim"]
+    pq = cli("build", str(UNIVERSITIES), "--out", str(tmp_path / "pq"), "--index", "ivf-pq",
+             "--spill", "3", "--quiet")  # fmt: skip
+    assert pq.returncode == 0, pq.stderr
+    assert json.loads((tmp_path / "pq" / "manifest.json").read_text())["index"]["spill"] == 3
+    assert "spill 3" in cli("info", str(tmp_path / "pq")).stdout
+    bad = cli("build", str(UNIVERSITIES), "--out", str(tmp_path / "bad"), "--index", "ivf",
+              "--spill", "2", "--quiet")  # fmt: skip
+    assert bad.returncode == 2 and "needs rerank" in bad.stderr and "Traceback" not in bad.stderr
+    assert not (tmp_path / "bad").exists()
 
 
 def test_models_list_and_path():
