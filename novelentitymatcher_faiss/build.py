@@ -86,8 +86,8 @@ TUNING_QUERIES = 1000
 #: nprobe tuning also requires this top-1 agreement with exact search.
 TOP1_TARGET = 0.99
 #: Lists each vector is filed under, by kind (others: 1). "ivf-pq" files every vector under
-#: its two nearest lists (:mod:`~novelentitymatcher_faiss.spill`): at 1M vectors recall@1
-#: 0.99 then needs about a fifth of the probes, for twice the codes.
+#: its two nearest lists (:mod:`~novelentitymatcher_faiss.spill`), for twice the codes: the
+#: tuned nprobe fell from 192 to 24 on 100k names (and from 384 to 192 on 1M).
 DEFAULT_SPILL = {"ivf-pq": 2}
 
 
@@ -152,6 +152,8 @@ def build_index(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     _check_index_type(index_type)
+    if spill is not None and (not isinstance(spill, int) or spill < 1):
+        raise ValueError(f"spill must be a positive int, got {spill!r}")
     budget = None if memory_budget is None else parse_bytes(memory_budget)
     lexical = resolve_lexical(lexical)
     if encoder is None:

@@ -100,7 +100,9 @@ def test_bad_spill_requests_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="bare IVF index"):
         build_index(PRODUCTS, tmp_path / "b", index_type="PCA64,IVF8,Flat", spill=2, rerank=2,
                     keep_vectors=True, show_progress=False)  # fmt: skip
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    with pytest.raises(ValueError, match="positive int"):
+        build_index(PRODUCTS, tmp_path / "c", index_type="ivf-pq", spill=0, show_progress=False)
+    assert not any((tmp_path / name).exists() for name in "abc")
 
 
 def test_a_manifest_that_misstates_spill_is_refused(built: dict, tmp_path: Path) -> None:
