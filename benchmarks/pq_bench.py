@@ -12,7 +12,7 @@ returned), plus the single-query search p50 on one thread (encoding excluded: it
 same for every M).
 
     python benchmarks/pq_bench.py [--size 1M] [--subquantizers 128 64] [--spill 1 2]
-        [--nprobe 16 32 64]
+        [--nprobe 16 32 64] [--name pq]
 """
 
 from __future__ import annotations
@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--subquantizers", type=int, nargs="+", default=[128, 64])
     parser.add_argument("--nprobe", type=int, nargs="+", default=[16, 32, 64])
     parser.add_argument("--spill", type=int, nargs="+", default=[1])
+    parser.add_argument("--name", default="pq", help="results file name (default: pq)")
     parser.add_argument("--rerank", type=int, default=4)
     parser.add_argument("--queries", type=int, default=500)
     parser.add_argument("--singles", type=int, default=200)
@@ -146,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Machine: "
         f"{machine['cpu_model']}, {machine['usable_cores']} cores.\n\n" + table
     )
-    write_results("pq", doc, markdown)
+    write_results(args.name, doc, markdown)
     return 0
 
 
