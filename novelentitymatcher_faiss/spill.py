@@ -36,9 +36,9 @@ def fill(index: Any, blocks: Iterable[tuple[int, np.ndarray]], spill: int) -> An
         return index
     ivf = _bare_ivf(index)
     packed = isinstance(ivf, faiss.IndexIVFPQFastScan)
-    target = _plain_twin(ivf) if packed else ivf
     if packed and ivf.ntotal:
         raise ValueError("spill > 1 fills only an empty fast-scan index")
+    target = _plain_twin(ivf) if packed else ivf
     for first, block in blocks:
         block = np.ascontiguousarray(block, dtype=np.float32)
         _, lists = target.quantizer.search(block, spill)
