@@ -54,6 +54,8 @@ class System:
     single: Callable[[str], Any]
     top: Callable[[list[str], int], tuple[np.ndarray, np.ndarray]]
     exact: bool
+    #: Sets the search breadth (an HNSW graph's efSearch) in place; None when fixed.
+    set_breadth: Callable[[int], None] | None = None
 
 
 def upstream_normalize(text: str) -> str:
@@ -185,7 +187,11 @@ def vicinity(catalog: Catalog, backend: str, **options: Any) -> System:
         return _top_arrays([[(item, 1.0 - float(distance)) for item, distance in hits[:k]]
                             for hits in found], k)  # fmt: skip
 
+    def set_breadth(ef_search: int) -> None:
+        vic.backend.index.hnsw.efSearch = ef_search
+
     label = backend + (f" {options['index_type']}" if "index_type" in options else "")
+    hnsw = backend == "faiss" and options.get("index_type") == "hnsw"
     return System(
         name=f"vicinity {label}",
         family="vicinity",
@@ -194,6 +200,7 @@ def vicinity(catalog: Catalog, backend: str, **options: Any) -> System:
         single=lambda text: query([text]),
         top=top,
         exact=options.get("index_type", "flat") == "flat",
+        set_breadth=set_breadth if hnsw else None,
     )
 
 
