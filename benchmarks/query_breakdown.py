@@ -1,0 +1,136 @@
+"""Where one query's time goes: each step of ``MatchIndex.match(text)`` timed on its own.
+
+Opens an artifact of the artifact benchmark (build it first with ``python
+benchmarks/artifact_bench.py --sizes SIZE``) and times, on one thread, for one-letter-typo
+queries of the catalog's names (medians over ``--rounds`` rounds of each step's p50):
+
+* features: normalize the text and encode it (dense model plus lexical n-grams);
+* quantizer: the coarse quantizer's search for the lists to probe (IVF kinds only);
+* FAISS search: the index's ``search`` for the candidates the library asks for;
+* search: the library's search step (FAISS search plus exact re-rank where the kind has it);
+* match: the whole ``match(text)`` call, so ``match - features - search`` is the rest
+  (input checks, best hit per entity, the result dict).
+
+    python benchmarks/query_breakdown.py [--size 1M] [--kind ivf-pq] [--queries 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from common import (
+    faiss_threads,
+    library_versions,
+    machine_info,
+    markdown_table,
+    pin_threads,
+    print_environment,
+    write_results,
+)
+
+
+def p50_ms(step: Callable[[Any], Any], inputs: list[Any], rounds: int) -> float:
+    """Median over ``rounds`` of the p50 wall time of ``step(x)`` for each input, in ms."""
+    step(inputs[0])
+    p50s = []
+    for _ in range(rounds):
+        times = []
+        for item in inputs:
+            start = time.perf_counter_ns()
+            step(item)
+            times.append((time.perf_counter_ns() - start) / 1e6)
+        p50s.append(statistics.median(times))
+    return statistics.median(p50s)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", default="1M")
+    parser.add_argument("--kind", default="ivf-pq", help="artifact kind (default: ivf-pq)")
+    parser.add_argument("--queries", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args(argv)
+    threads = pin_threads(2)
+
+    import artifact_bench
+    import faiss
+    import make_catalog
+
+    from novelentitymatcher_faiss import load_index
+    from novelentitymatcher_faiss.lexical import featurize
+    from novelentitymatcher_faiss.normalize import normalize_text
+    from novelentitymatcher_faiss.search import RERANK_MIN_CANDIDATES, search, search_params
+
+    info = {"machine": machine_info(), "versions": library_versions(), "threads": threads}
+    print_environment(info)
+    size = make_catalog.parse_size(args.size)
+    path = artifact_bench.artifact_dir(size, args.kind, make_catalog.DEFAULT_SEED)
+    if not path.exists():
+        print(f"{path} is missing: run benchmarks/artifact_bench.py --sizes {args.size} first")
+        return 2
+    catalog = artifact_bench.catalog_path(size, make_catalog.DEFAULT_SEED)
+    rows = artifact_bench.read_catalog_rows(catalog)
+    texts, _ = artifact_bench.typo_queries(rows, args.queries, artifact_bench.QUERY_SEED + 1)
+    del rows
+    index = load_index(path)
+    index.match(texts[:50])  # loads the model; warms the pages the queries touch
+    faiss_threads(1)
+    info_index = index.manifest["index"]
+    nprobe, rerank, spill = index.nprobe, int(info_index.get("rerank") or 0), index.spill
+    vectors = index.vectors if rerank > 1 else None
+    fetch = max(rerank, RERANK_MIN_CANDIDATES) * spill if rerank > 1 else 1
+    params = search_params(index.index, nprobe)
+
+    def features(text: str) -> Any:
+        return featurize([normalize_text(text, index.normalizer)], index.encoder, index.lexical,
+                         64)  # fmt: skip
+
+    encoded = [features(text) for text in texts]
+    steps: dict[str, float] = {"features": p50_ms(features, texts, args.rounds)}
+    try:
+        quantizer = faiss.extract_index_ivf(index.index).quantizer
+    except RuntimeError:
+        quantizer = None
+    if quantizer is not None:
+        steps["quantizer"] = p50_ms(lambda q: quantizer.search(q, nprobe), encoded, args.rounds)
+    steps["faiss_search"] = p50_ms(lambda q: index.index.search(q, fetch, params=params),
+                                   encoded, args.rounds)  # fmt: skip
+    steps["search"] = p50_ms(lambda q: search(index.index, q, 1, nprobe=nprobe, vectors=vectors,
+                                              rerank=rerank, spill=spill),
+                             encoded, args.rounds)  # fmt: skip
+    steps["match"] = p50_ms(index.match, texts, args.rounds)
+    steps["rest"] = steps["match"] - steps["features"] - steps["search"]
+    for name, value in steps.items():
+        print(f"  {name:<13} {value:7.3f} ms", flush=True)
+
+    doc = {
+        "benchmark": "query_breakdown", "entities": size, "kind": args.kind,
+        "factory": info_index["factory"], "vectors": index.n_vectors, "dim": index.dim,
+        "nprobe": nprobe, "rerank": rerank, "spill": spill, "candidates": fetch,
+        "queries": len(texts), "rounds": args.rounds, "p50_ms": steps, "environment": info,
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }  # fmt: skip
+    machine = info["machine"]
+    command = f"python benchmarks/query_breakdown.py --size {args.size} --kind {args.kind}"
+    markdown = "\n".join([
+        f"# One query, step by step ({make_catalog.size_label(size)} entities, {args.kind})\n",
+        f"`{command}`, {doc['started_at']}. `{info_index['factory']}`, {index.n_vectors:,} "
+        f"vectors of {index.dim}-d, nprobe {nprobe}, {fetch} candidates, {len(texts)} "
+        f"one-letter-typo queries on one thread; each figure is the median over "
+        f"{args.rounds} rounds of a step's p50. Machine: {machine['cpu_model']}, "
+        f"{machine['usable_cores']} cores.\n",
+        markdown_table(["step", "p50 ms"], [[step, f"{ms:.3f}"] for step, ms in steps.items()]),
+    ])  # fmt: skip
+    name = f"breakdown-{make_catalog.size_label(size).lower()}-{args.kind}"
+    json_path, md_path = write_results(name, doc, markdown)
+    print(f"wrote {json_path} and {md_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
