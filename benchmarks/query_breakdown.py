@@ -11,7 +11,13 @@ queries of the catalog's names (medians over ``--rounds`` rounds of each step's 
 * match: the whole ``match(text)`` call, so ``match - features - search`` is the rest
   (input checks, best hit per entity, the result dict).
 
+With ``--hnsw-quantizer M`` (IVF kinds) the coarse quantizer is also swapped, in memory
+only, for an HNSW graph of degree M over the same centroids, searched at efSearch nprobe
+and 2 x nprobe: the quantizer and library search times and the recall@1 of the library
+search against exact search, beside the stored flat quantizer's.
+
     python benchmarks/query_breakdown.py [--size 1M] [--kind ivf-pq] [--queries 300]
+        [--hnsw-quantizer 32]
 """
 
 from __future__ import annotations
@@ -48,12 +54,53 @@ def p50_ms(step: Callable[[Any], Any], inputs: list[Any], rounds: int) -> float:
     return statistics.median(p50s)
 
 
+def quantizer_variants(
+    faiss_index: Any, flat: Any, encoded: list[Any], library_search: Callable[[Any], Any],
+    nprobe: int, degree: int, rounds: int, vectors: Any,
+) -> list[dict[str, Any]]:
+    """The stored flat quantizer against an HNSW graph of ``degree`` over its centroids
+    (efSearch ``nprobe`` and ``2 * nprobe``): quantizer and library search p50 (ms) and the
+    recall@1 of the library search against exact search over ``vectors``."""
+    import faiss
+    import numpy as np
+
+    from novelentitymatcher_faiss.search import exact_knn, recall_at_k
+
+    ivf = faiss.extract_index_ivf(faiss_index)
+    queries = np.vstack(encoded)
+    truth, _ = exact_knn(queries, vectors, 1, progress="exact search")
+    graph = faiss.IndexHNSWFlat(ivf.d, degree, ivf.metric_type)
+    graph.add(flat.reconstruct_n(0, ivf.nlist))
+    out = []
+    for label, coarse, ef_search in [("flat", flat, None), *[
+            (f"HNSW{degree} efSearch {ef}", graph, ef) for ef in (nprobe, 2 * nprobe)]]:
+        if ef_search is not None:
+            graph.hnsw.efSearch = ef_search
+        ivf.quantizer = coarse
+        try:
+            found = np.vstack([library_search(q)[1] for q in encoded])
+            out.append({
+                "quantizer": label,
+                "quantizer_ms": p50_ms(lambda q, c=coarse: c.search(q, nprobe), encoded, rounds),
+                "search_ms": p50_ms(library_search, encoded, rounds),
+                "recall_at_1": recall_at_k(queries, found, truth, vectors),
+            })  # fmt: skip
+        finally:
+            ivf.quantizer = flat  # the index owns (and frees) the flat quantizer only
+        print(f"  {label:<22} quantizer {out[-1]['quantizer_ms']:.3f} ms, search "
+              f"{out[-1]['search_ms']:.3f} ms, recall@1 {out[-1]['recall_at_1']:.3f}",
+              flush=True)  # fmt: skip
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="1M")
     parser.add_argument("--kind", default="ivf-pq", help="artifact kind (default: ivf-pq)")
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--hnsw-quantizer", type=int, default=0, metavar="M",
+                        help="also try an HNSW coarse quantizer of degree M (IVF kinds)")
     args = parser.parse_args(argv)
     threads = pin_threads(2)
 
@@ -107,12 +154,21 @@ def main(argv: list[str] | None = None) -> int:
     steps["rest"] = steps["match"] - steps["features"] - steps["search"]
     for name, value in steps.items():
         print(f"  {name:<13} {value:7.3f} ms", flush=True)
+    variants = []
+    if quantizer is not None and args.hnsw_quantizer:
+        def library_search(q: Any) -> Any:
+            return search(index.index, q, 1, nprobe=nprobe, vectors=vectors, rerank=rerank,
+                          spill=spill)  # fmt: skip
+
+        variants = quantizer_variants(index.index, quantizer, encoded, library_search, nprobe,
+                                      args.hnsw_quantizer, args.rounds, index.vectors)  # fmt: skip
 
     doc = {
         "benchmark": "query_breakdown", "entities": size, "kind": args.kind,
         "factory": info_index["factory"], "vectors": index.n_vectors, "dim": index.dim,
         "nprobe": nprobe, "rerank": rerank, "spill": spill, "candidates": fetch,
-        "queries": len(texts), "rounds": args.rounds, "p50_ms": steps, "environment": info,
+        "queries": len(texts), "rounds": args.rounds, "p50_ms": steps,
+        "quantizer_variants": variants, "environment": info,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }  # fmt: skip
     machine = info["machine"]
@@ -126,6 +182,11 @@ def main(argv: list[str] | None = None) -> int:
         f"{machine['usable_cores']} cores.\n",
         markdown_table(["step", "p50 ms"], [[step, f"{ms:.3f}"] for step, ms in steps.items()]),
     ])  # fmt: skip
+    if variants:
+        markdown += "\n\n## Coarse quantizer variants (same centroids, in memory)\n\n" + (
+            markdown_table(["quantizer", "quantizer p50 ms", "search p50 ms", "recall@1"],
+                           [[v["quantizer"], f"{v['quantizer_ms']:.3f}", f"{v['search_ms']:.3f}",
+                             f"{v['recall_at_1']:.3f}"] for v in variants]))  # fmt: skip
     name = f"breakdown-{make_catalog.size_label(size).lower()}-{args.kind}"
     json_path, md_path = write_results(name, doc, markdown)
     print(f"wrote {json_path} and {md_path}")
