@@ -42,16 +42,11 @@ from common import (
 
 def p50_ms(step: Callable[[Any], Any], inputs: list[Any], rounds: int) -> float:
     """Median over ``rounds`` of the p50 wall time of ``step(x)`` for each input, in ms."""
+    from artifact_bench import latencies_ms
+
     step(inputs[0])
-    p50s = []
-    for _ in range(rounds):
-        times = []
-        for item in inputs:
-            start = time.perf_counter_ns()
-            step(item)
-            times.append((time.perf_counter_ns() - start) / 1e6)
-        p50s.append(statistics.median(times))
-    return statistics.median(p50s)
+    return statistics.median(statistics.median(latencies_ms(step, inputs))
+                             for _ in range(rounds))  # fmt: skip
 
 
 def quantizer_variants(
@@ -111,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     from novelentitymatcher_faiss import load_index
     from novelentitymatcher_faiss.lexical import featurize
     from novelentitymatcher_faiss.normalize import normalize_text
-    from novelentitymatcher_faiss.search import RERANK_MIN_CANDIDATES, search, search_params
+    from novelentitymatcher_faiss.search import fetch_count, search, search_params
 
     info = {"machine": machine_info(), "versions": library_versions(), "threads": threads}
     print_environment(info)
@@ -130,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     info_index = index.manifest["index"]
     nprobe, rerank, spill = index.nprobe, int(info_index.get("rerank") or 0), index.spill
     vectors = index.vectors if rerank > 1 else None
-    fetch = max(rerank, RERANK_MIN_CANDIDATES) * spill if rerank > 1 else 1
+    fetch = fetch_count(index.index.ntotal, 1, rerank, spill)
     params = search_params(index.index, nprobe)
 
     def features(text: str) -> Any:
@@ -147,19 +142,18 @@ def main(argv: list[str] | None = None) -> int:
         steps["quantizer"] = p50_ms(lambda q: quantizer.search(q, nprobe), encoded, args.rounds)
     steps["faiss_search"] = p50_ms(lambda q: index.index.search(q, fetch, params=params),
                                    encoded, args.rounds)  # fmt: skip
-    steps["search"] = p50_ms(lambda q: search(index.index, q, 1, nprobe=nprobe, vectors=vectors,
-                                              rerank=rerank, spill=spill),
-                             encoded, args.rounds)  # fmt: skip
+
+    def library_search(q: Any) -> Any:
+        return search(index.index, q, 1, nprobe=nprobe, vectors=vectors, rerank=rerank,
+                      spill=spill)  # fmt: skip
+
+    steps["search"] = p50_ms(library_search, encoded, args.rounds)
     steps["match"] = p50_ms(index.match, texts, args.rounds)
     steps["rest"] = steps["match"] - steps["features"] - steps["search"]
     for name, value in steps.items():
         print(f"  {name:<13} {value:7.3f} ms", flush=True)
     variants = []
     if quantizer is not None and args.hnsw_quantizer:
-        def library_search(q: Any) -> Any:
-            return search(index.index, q, 1, nprobe=nprobe, vectors=vectors, rerank=rerank,
-                          spill=spill)  # fmt: skip
-
         variants = quantizer_variants(index.index, quantizer, encoded, library_search, nprobe,
                                       args.hnsw_quantizer, args.rounds, index.vectors)  # fmt: skip
 

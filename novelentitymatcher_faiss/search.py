@@ -52,6 +52,15 @@ def search_params(index, nprobe: int | None, selector=None):  # noqa: ANN001, AN
     return None if selector is None else faiss.SearchParameters(sel=selector)
 
 
+def fetch_count(ntotal: int, k: int, rerank: int, spill: int = 1) -> int:
+    """Rows one :func:`search` asks FAISS for to return the top ``k`` (1 <= k <= ntotal):
+    ``k``, or with exact re-rank (``rerank > 1``)
+    ``max(k * rerank, RERANK_MIN_CANDIDATES) * spill``, at most ``ntotal``."""
+    if rerank <= 1:
+        return k
+    return min(ntotal, max(k * rerank, RERANK_MIN_CANDIDATES) * spill)
+
+
 def search(
     index,  # noqa: ANN001 - a faiss.Index
     queries: np.ndarray,
@@ -78,9 +87,7 @@ def search(
 
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     k = max(1, min(k, index.ntotal))
-    reranking = vectors is not None and rerank > 1
-    candidates = max(k * rerank, RERANK_MIN_CANDIDATES) * spill
-    fetch = min(index.ntotal, candidates) if reranking else k
+    fetch = fetch_count(index.ntotal, k, rerank if vectors is not None else 0, spill)
     params = search_params(index, nprobe, selector)
     threads = faiss.omp_get_max_threads()
     if len(queries) == 1 or search_work(index, len(queries), nprobe) < SMALL_SEARCH_WORK:
