@@ -42,7 +42,7 @@ from .errors import ArtifactError, CatalogError
 from .lexical import LexicalSettings, featurize
 from .normalize import NormalizerSettings, normalize_text
 from .perturb import one_letter_typo
-from .search import ExactTopK, iter_chunks, recall_at_k, search
+from .search import EarlyStop, ExactTopK, hits_at_k, iter_chunks, recall_at_k, search
 from .spill import check_spill, fill
 from .strings import StringTable, StringTableWriter
 
@@ -89,6 +89,11 @@ TOP1_TARGET = 0.99
 #: its two nearest lists (:mod:`~novelentitymatcher_faiss.spill`), for twice the codes: the
 #: tuned nprobe fell from 192 to 24 on 100k names (and from 384 to 192 on 1M).
 DEFAULT_SPILL = {"ivf-pq": 2}
+#: Early stopping (:class:`~novelentitymatcher_faiss.search.EarlyStop`) may lose at most this
+#: much of the full nprobe's recall@1 on the tuning queries ...
+EARLY_STOP_MAX_LOSS = 0.002
+#: ... and is kept only when it probes at most this share of nprobe's lists per query.
+EARLY_STOP_MAX_COST = 0.75
 
 
 def build_index(
@@ -116,6 +121,7 @@ def build_index(
     trained: Any = None,
     memory_budget: str | int | None = None,
     spill: int | None = None,
+    early_stop: bool = True,
 ):  # noqa: ANN201 - returns MatchIndex (imported lazily to avoid a cycle)
     """Encode ``entities`` and write a memory-mappable FAISS artifact to ``path``.
 
@@ -140,6 +146,8 @@ def build_index(
     same centroids (:func:`use_graph_quantizer`). ``spill`` > 1 (bare IVF indexes only, and
     ``rerank >= spill``, which drops the repeated rows a search then returns) files each
     vector under that many nearest lists (:mod:`~novelentitymatcher_faiss.spill`).
+    ``early_stop``: IVF indexes also measure two-pass probing for top-1 queries
+    (:func:`tune_early_stop`) and store it when it saves work.
     Returns the opened :class:`~novelentitymatcher_faiss.match_index.MatchIndex`.
     """
 
@@ -195,6 +203,11 @@ def build_index(
                 show_progress,
                 spill,
             )
+        early, early_tuning = None, []
+        if early_stop and n_list and not graph:
+            early, early_tuning = tune_early_stop(
+                index, vectors, exact, nprobe, _nprobe_grid(n_list), target_top1, rerank, spill
+            )
         import faiss
 
         faiss.write_index(index, str(tmp / INDEX_FILE))
@@ -237,6 +250,8 @@ def build_index(
                 "ef_search_tuning": tuning if graph else [],
                 "rerank": rerank,
                 "spill": spill,
+                "early_stop": early.to_dict() if early else None,
+                "early_stop_tuning": early_tuning,
                 "vectors_stored": (tmp / VECTORS_FILE).exists(),
                 "memory_budget": budget,
             },
@@ -651,3 +666,85 @@ def _tune_nprobe(
             stacklevel=3,
         )
     return candidates[-1], table
+
+
+def tune_early_stop(
+    index,  # noqa: ANN001 - a faiss.IndexIVF
+    vectors: np.ndarray,
+    exact: ExactTopK,
+    nprobe: int,
+    grid: list[int],
+    target_top1: float,
+    rerank: int,
+    spill: int = 1,
+) -> tuple[EarlyStop | None, list[dict[str, float]]]:
+    """Two-pass probing (:class:`EarlyStop`) for top-1 searches at ``nprobe``, or None.
+
+    For each first-pass breadth ``first`` of ``grid`` up to ``nprobe // 2``, the tuning
+    queries of ``exact`` give each query's margin (its best first-pass score minus the
+    centroid score of the nearest list not probed) and whether that hit is the exact top
+    hit. A recall@1 is acceptable when it is at least ``target_top1`` and at least the full
+    nprobe's recall@1 minus ``EARLY_STOP_MAX_LOSS``. The stop margin is the lowest that keeps
+    an acceptable recall@1 on the first half of the queries (for it and every higher
+    margin); the breadth is dropped unless the second half, held out, also keeps one. The
+    breadth kept is the one with the fewest expected lists per query,
+    ``first + (1 - stopped) * (nprobe - first)``, if that is at most
+    ``EARLY_STOP_MAX_COST * nprobe``. Returns it and the table of every breadth tried.
+    """
+    import faiss
+
+    queries = exact.queries
+    truth = exact.result()[0][:, :1]
+    options = {"vectors": vectors, "rerank": rerank, "spill": spill}
+    _, rows = search(index, queries, 1, nprobe=nprobe, **options)
+    full = hits_at_k(queries, rows, truth, vectors)
+    firsts = [g for g in grid if g <= nprobe // 2]
+    if not firsts:
+        return None, []
+    coarse, _ = faiss.extract_index_ivf(index).quantizer.search(queries, firsts[-1] + 1)
+    tune, held = slice(0, len(queries) // 2), slice(len(queries) // 2, None)
+
+    def floor(part: slice) -> float:
+        return max(target_top1, float(full[part].mean()) - EARLY_STOP_MAX_LOSS)
+
+    best: tuple[float, EarlyStop] | None = None
+    table = []
+    for first in firsts:
+        scores, rows = search(index, queries, 1, nprobe=first, **options)
+        margins = scores[:, 0] - coarse[:, first]
+        hits = hits_at_k(queries, rows, truth, vectors)
+        margin = lowest_safe_margin(margins[tune], hits[tune], full[tune], floor(tune))
+        stops = margins >= margin
+        held_recall = float(np.mean(np.where(stops[held], hits[held], full[held])))
+        cost = first + (1 - stops.mean()) * (nprobe - first)
+        usable = bool(stops.any() and held_recall >= floor(held))
+        table.append({
+            "nprobe": first, "recall_at_1": round(float(hits.mean()), 4), "margin": margin,
+            "stopped": round(float(stops.mean()), 4), "lists_per_query": round(cost, 2),
+            "held_out_recall_at_1": round(held_recall, 4), "usable": usable,
+        })  # fmt: skip
+        if usable and (best is None or cost < best[0]):
+            best = (cost, EarlyStop(first, margin))
+    release_pages(vectors)
+    if best is None or best[0] > EARLY_STOP_MAX_COST * nprobe:
+        return None, table
+    return best[1], table
+
+
+def lowest_safe_margin(
+    margins: np.ndarray, hits: np.ndarray, full: np.ndarray, floor: float
+) -> float:
+    """The lowest stop margin for first-pass ``margins`` float32 (q,) whose mixed recall@1
+    (``hits`` (q,) for queries that stop, ``full`` (q,) for the others) is at least
+    ``floor`` for it and for every higher margin; 2.0 (no query stops) when there is none."""
+    order = np.argsort(-margins, kind="stable")
+    change = np.concatenate([[0.0], np.cumsum(hits[order] - full[order])])
+    recall = (full.sum() + change) / len(margins)  # recall when the best m queries stop
+    failing = np.flatnonzero(recall < floor - 1e-9)
+    m = int(failing[0]) - 1 if len(failing) else len(margins)
+    if m <= 0:
+        return 2.0
+    margin = margins[order[m - 1]]
+    if m < len(margins) and margins[order[m]] == margin:  # a tie would let more queries stop
+        margin = np.nextafter(margin, np.float32(np.inf))
+    return float(margin)

@@ -40,7 +40,7 @@ from .errors import (
 )
 from .lexical import LexicalSettings, featurize, lexical_vectors
 from .normalize import NormalizerSettings, normalize_text
-from .search import best_per_entity, search
+from .search import EarlyStop, best_per_entity, search
 from .strings import StringTable
 
 Result = dict[str, Any]
@@ -135,6 +135,8 @@ class MatchIndex:
             self.nprobe = info["nprobe"] if info.get("ef_search") is None else info["ef_search"]
             self._rerank = info["rerank"]
             self.spill = int(info.get("spill", 1))  # lists each vector is filed under
+            stop = info.get("early_stop")  # absent in artifacts of earlier versions
+            self.early_stop = None if stop is None else EarlyStop.from_dict(stop)
             self.normalizer = NormalizerSettings.from_dict(manifest["normalizer"])
             self._max_chars = int(manifest.get("max_text_chars", 2048))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -439,7 +441,8 @@ class MatchIndex:
             return [[] for _ in vectors]
         top_k = min(top_k, self._visible)
         fetch = min(self.n_vectors, (top_k - 1) * self._fetch_per_entity + 1)
-        scores, rows = self._find(vectors, fetch, nprobe or self.nprobe)
+        early = self.early_stop if nprobe is None else None  # a caller's nprobe is exact
+        scores, rows = self._find(vectors, fetch, nprobe or self.nprobe, early)
         scores, rows, entities = best_per_entity(scores, rows, self.row_entity, top_k)
         np.minimum(scores, 1.0, out=scores)  # float rounding can put a cosine at 1.0000001
         np.maximum(scores, -1.0, out=scores)
@@ -469,9 +472,10 @@ class MatchIndex:
         ]
 
     def _find(
-        self, vectors: np.ndarray, fetch: int, nprobe: int | None
+        self, vectors: np.ndarray, fetch: int, nprobe: int | None, early: EarlyStop | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """:func:`search` for the top ``fetch`` visible rows, (nq, fetch) scores and rows.
+        """:func:`search` for the top ``fetch`` visible rows, (nq, fetch) scores and rows;
+        ``early``: two-pass probing (used when no entity is hidden).
 
         Hidden rows are excluded by the FAISS selector, except on flat indexes, where a
         selector takes FAISS off its BLAS path (about 10x slower): those fetch
@@ -483,7 +487,9 @@ class MatchIndex:
         options = {
             "nprobe": nprobe, "vectors": self.vectors, "rerank": self._rerank, "spill": self.spill
         }
-        if self._selector is None or not isinstance(self.index, faiss.IndexFlat):
+        if self._selector is None:
+            return search(self.index, vectors, fetch, early=early, **options)
+        if not isinstance(self.index, faiss.IndexFlat):
             return search(self.index, vectors, fetch, selector=self._selector, **options)
         wide = min(self.n_vectors, 2 * fetch + HIDDEN_SLACK)
         scores, rows = search(self.index, vectors, wide, **options)

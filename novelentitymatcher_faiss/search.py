@@ -7,6 +7,8 @@ All functions take and return numpy arrays: queries are float32 (nq, d), scores 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
@@ -16,6 +18,31 @@ from .arrays import prefetch, release_pages
 RERANK_MIN_CANDIDATES = 32
 #: Searches below this many multiply-adds (about a millisecond on one core) use one thread.
 SMALL_SEARCH_WORK = 20_000_000
+
+
+@dataclass(frozen=True)
+class EarlyStop:
+    """Two-pass probing of an IVF index for top-1 searches: probe the ``nprobe`` nearest
+    lists first; a query stops there when its best score beats the centroid score of the
+    nearest list not probed by at least ``margin``, the others go on to the rest of the
+    full nprobe. Both values are measured at build time (see
+    :func:`~novelentitymatcher_faiss.build.tune_early_stop`)."""
+
+    nprobe: int
+    margin: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EarlyStop:
+        """Raises ValueError on a malformed manifest entry."""
+        first, margin = data["nprobe"], data["margin"]
+        if not isinstance(first, int) or isinstance(first, bool) or first < 1:
+            raise ValueError(f"early_stop nprobe must be a positive int, got {first!r}")
+        if not isinstance(margin, int | float) or not -2.0 <= margin <= 2.0:
+            raise ValueError(f"early_stop margin must be in [-2, 2], got {margin!r}")
+        return cls(first, float(margin))
 
 
 def search_work(index, nq: int, nprobe: int | None) -> int:  # noqa: ANN001 - a faiss.Index
@@ -71,6 +98,7 @@ def search(
     rerank: int = 0,
     selector=None,  # noqa: ANN001 - a faiss.IDSelector
     spill: int = 1,
+    early: EarlyStop | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` inner-product search; returns (scores float32 (nq, k), rows int64 (nq, k)).
 
@@ -82,23 +110,105 @@ def search(
     Small searches (one query, or under ``SMALL_SEARCH_WORK`` multiply-adds) run on one
     OpenMP thread, where starting more threads costs more than it saves; the calling
     thread's OpenMP setting, which torch shares, is restored before returning.
+    ``early`` (top-1 searches of a bare IVF index with ``nprobe`` set, no ``selector``):
+    two-pass probing, see :class:`EarlyStop`.
     """
     import faiss
 
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     k = max(1, min(k, index.ntotal))
     fetch = fetch_count(index.ntotal, k, rerank if vectors is not None else 0, spill)
+    two_pass = (
+        early is not None and k == 1 and selector is None and isinstance(index, faiss.IndexIVF)
+        and nprobe is not None and early.nprobe < min(nprobe, index.nlist)
+    )  # fmt: skip
     params = search_params(index, nprobe, selector)
     threads = faiss.omp_get_max_threads()
     if len(queries) == 1 or search_work(index, len(queries), nprobe) < SMALL_SEARCH_WORK:
         faiss.omp_set_num_threads(1)
     try:
+        if two_pass:
+            exact = vectors if fetch > k else None
+            return _search_two_pass(index, queries, fetch, nprobe, early, exact)
         scores, rows = index.search(queries, fetch, params=params)
     finally:
         faiss.omp_set_num_threads(threads)
     if fetch > k:
         scores, rows = rerank_exact(queries, rows, vectors, k)
     return scores, rows
+
+
+def _search_two_pass(
+    ivf,  # noqa: ANN001 - a faiss.IndexIVF
+    queries: np.ndarray,
+    fetch: int,
+    nprobe: int,
+    early: EarlyStop,
+    vectors: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-1 (scores, rows) float32/int64 (nq, 1) of :func:`search` with ``early``.
+
+    One coarse-quantizer search finds each query's ``nprobe`` lists. The first pass scans
+    ``early.nprobe`` of them; queries whose best score (re-ranked against ``vectors`` when
+    given) does not beat the centroid score of the next list by ``early.margin`` scan the
+    remaining lists, and their candidates from both
+    passes are ranked together, as in a one-pass search of all ``nprobe`` lists.
+    """
+    nprobe = min(nprobe, ivf.nlist)
+    coarse, lists = ivf.quantizer.search(queries, nprobe)
+    first = early.nprobe
+    scores, rows = _search_lists(ivf, queries, fetch, lists[:, :first], coarse[:, :first])
+    best = _best(queries, scores, rows, vectors)
+    beaten = best[0][:, 0] - coarse[:, first] >= early.margin  # a missing hit (-inf) goes on
+    again = np.flatnonzero(~beaten)
+    if len(again):
+        more = _search_lists(
+            ivf, queries[again], fetch, lists[again, first:], coarse[again, first:]
+        )
+        merged = _best(
+            queries[again],
+            np.hstack([scores[again], more[0]]),
+            np.hstack([rows[again], more[1]]),
+            vectors,
+        )
+        best[0][again], best[1][again] = merged
+    return best
+
+
+def _search_lists(
+    ivf,  # noqa: ANN001 - a faiss.IndexIVF
+    queries: np.ndarray,
+    fetch: int,
+    lists: np.ndarray,
+    coarse: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """FAISS's ``search_preassigned``: the top ``fetch`` (scores, rows) (nq, fetch) of
+    ``queries`` within the given ``lists`` int64 (nq, p), ``coarse`` float32 (nq, p) their
+    centroid scores."""
+    import faiss
+
+    nq, probes = lists.shape
+    lists = np.ascontiguousarray(lists, dtype=np.int64)
+    coarse = np.ascontiguousarray(coarse, dtype=np.float32)
+    scores = np.empty((nq, fetch), dtype=np.float32)
+    rows = np.empty((nq, fetch), dtype=np.int64)
+    ivf.search_preassigned_c(
+        nq, faiss.swig_ptr(queries), fetch, faiss.swig_ptr(lists), faiss.swig_ptr(coarse),
+        faiss.swig_ptr(scores), faiss.swig_ptr(rows), False,
+        faiss.SearchParametersIVF(nprobe=probes),
+    )  # fmt: skip
+    return scores, rows
+
+
+def _best(
+    queries: np.ndarray, scores: np.ndarray, rows: np.ndarray, vectors: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The best candidate (scores, rows) (nq, 1) of (nq, c) candidates: re-ranked exactly
+    against ``vectors`` when given, else by their index scores."""
+    if vectors is not None:
+        return rerank_exact(queries, rows, vectors, 1)
+    pick = np.argmax(scores, axis=1)[:, None]
+    return np.take_along_axis(scores, pick, 1), np.take_along_axis(rows, pick, 1)
 
 
 def scores_of_rows(queries: np.ndarray, rows: np.ndarray, vectors: np.ndarray) -> np.ndarray:
@@ -249,10 +359,11 @@ def exact_knn(
     return exact.result()
 
 
-def recall_at_k(
+def hits_at_k(
     queries: np.ndarray, found: np.ndarray, truth_scores: np.ndarray, vectors: np.ndarray
-) -> float:
-    """Tie-aware recall@k of ``found`` rows (nq, k) against exact ``truth_scores`` (nq, k).
+) -> np.ndarray:
+    """Tie-aware share, float64 (nq,), of each query's exact top ``k`` (``truth_scores``
+    (nq, k)) among its ``found`` rows (nq, >= k).
 
     A found row counts when its exact score reaches the k-th true score (1e-5 slack), so
     duplicate vectors (the same alias under several entities) cannot lower the recall.
@@ -260,4 +371,11 @@ def recall_at_k(
     exact = scores_of_rows(queries, found, vectors)
     kth = truth_scores[:, -1:]
     hits = (exact >= kth - 1e-5).sum(axis=1)
-    return float(np.mean(np.minimum(hits, truth_scores.shape[1]) / truth_scores.shape[1]))
+    return np.minimum(hits, truth_scores.shape[1]) / truth_scores.shape[1]
+
+
+def recall_at_k(
+    queries: np.ndarray, found: np.ndarray, truth_scores: np.ndarray, vectors: np.ndarray
+) -> float:
+    """Mean of :func:`hits_at_k`: tie-aware recall@k against exact ``truth_scores``."""
+    return float(np.mean(hits_at_k(queries, found, truth_scores, vectors)))

@@ -1,0 +1,148 @@
+"""Two-pass probing (early stop) of IVF artifacts, on real potion-8m vectors of upstream's
+MCC catalog."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pytest
+
+from novelentitymatcher_faiss import ArtifactCorruptError, build_index, load_index
+from novelentitymatcher_faiss.build import lowest_safe_margin
+from novelentitymatcher_faiss.catalog import read_catalog
+from novelentitymatcher_faiss.lexical import featurize
+from novelentitymatcher_faiss.normalize import normalize_text
+from novelentitymatcher_faiss.perturb import one_letter_typo
+from novelentitymatcher_faiss.search import EarlyStop, search
+
+PRODUCTS = Path(__file__).parent / "data" / "products_mcc.csv"
+OPTIONS = {"nlist": 32, "nprobe": 16, "show_progress": False}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("early")
+    return {
+        "pq": build_index(PRODUCTS, root / "pq", index_type="ivf-pq", **OPTIONS),
+        "ivf": build_index(PRODUCTS, root / "ivf", index_type="ivf", **OPTIONS),
+        "off": build_index(PRODUCTS, root / "off", index_type="ivf", early_stop=False, **OPTIONS),
+    }
+
+
+@pytest.fixture(scope="module")
+def typos() -> list[str]:
+    rng = random.Random(5)  # not the build's tuning seed
+    names = [e["name"] for e in read_catalog(PRODUCTS)]
+    return [one_letter_typo(rng.choice(names), rng) for _ in range(400)]
+
+
+def encoded(index, texts: list[str]) -> np.ndarray:  # noqa: ANN001 - MatchIndex
+    norm = [normalize_text(t, index.normalizer) for t in texts]
+    return featurize(norm, index.encoder, index.lexical)
+
+
+def three_searches(index, queries: np.ndarray, early: EarlyStop) -> tuple:  # noqa: ANN001
+    """(two-pass, first pass only, full nprobe) top-1 (scores, rows), and which queries stop."""
+    options = {"vectors": index.vectors, "rerank": index._rerank, "spill": index.spill}
+    nprobe = index.nprobe
+    two = search(index.index, queries, 1, nprobe=nprobe, early=early, **options)
+    first = search(index.index, queries, 1, nprobe=early.nprobe, **options)
+    full = search(index.index, queries, 1, nprobe=nprobe, **options)
+    coarse, _ = faiss.extract_index_ivf(index.index).quantizer.search(queries, early.nprobe + 1)
+    stops = first[0][:, 0] - coarse[:, early.nprobe] >= early.margin
+    return two, first, full, stops
+
+
+@pytest.mark.parametrize("kind", ["pq", "ivf"])
+def test_a_query_gets_the_first_pass_hit_if_it_stops_else_the_full_one(
+    built: dict, typos: list, kind: str
+) -> None:
+    index = built[kind]
+    queries = encoded(index, typos)
+    _, _, _, stops = three_searches(index, queries, EarlyStop(nprobe=2, margin=0.0))
+    margins = search(index.index, queries, 1, nprobe=2, vectors=index.vectors,
+                     rerank=index._rerank, spill=index.spill)[0][:, 0]  # fmt: skip
+    coarse, _ = faiss.extract_index_ivf(index.index).quantizer.search(queries, 3)
+    early = EarlyStop(nprobe=2, margin=float(np.median(margins - coarse[:, 2])))
+    two, first, full, stops = three_searches(index, queries, early)
+    assert 0.3 < stops.mean() < 0.7, stops.mean()  # both paths are exercised
+    np.testing.assert_array_equal(two[1][stops], first[1][stops])
+    np.testing.assert_array_equal(two[0][stops], first[0][stops])
+    go_on = ~stops
+    if kind == "ivf":  # float codes, no re-rank: exactly the one-pass result
+        np.testing.assert_allclose(two[0][go_on], full[0][go_on], atol=1e-6)
+    else:  # re-ranked from both passes' candidates: never worse than one pass
+        assert np.all(two[0][go_on] >= full[0][go_on] - 1e-6)
+        assert np.mean(two[1][go_on] == full[1][go_on]) > 0.95
+    # one query at a time gives the batch's answers
+    for i in range(0, len(queries), 37):
+        one = search(index.index, queries[i : i + 1], 1, nprobe=index.nprobe, early=early,
+                     vectors=index.vectors, rerank=index._rerank, spill=index.spill)  # fmt: skip
+        assert one[1][0, 0] == two[1][i, 0]
+
+
+def test_the_build_measures_and_stores_early_stop(built: dict, typos: list) -> None:
+    info = built["ivf"].manifest["index"]
+    stop = info["early_stop"]
+    assert stop is not None and stop["nprobe"] <= OPTIONS["nprobe"] // 2
+    assert built["ivf"].early_stop == EarlyStop(stop["nprobe"], stop["margin"])
+    table = info["early_stop_tuning"]
+    assert [row["nprobe"] for row in table] == [1, 2, 3, 4, 6, 8]
+    kept = next(row for row in table if row["nprobe"] == stop["nprobe"])
+    assert kept["lists_per_query"] == min(
+        row["lists_per_query"] for row in table if row["usable"]
+    )
+    assert kept["lists_per_query"] <= 0.75 * OPTIONS["nprobe"]
+    off = built["off"].manifest["index"]
+    assert off["early_stop"] is None and built["off"].early_stop is None
+
+
+def test_early_stop_keeps_top1_and_an_explicit_nprobe_turns_it_off(
+    built: dict, typos: list
+) -> None:
+    index = built["ivf"]
+    two = [hit["id"] for hit in index.match(typos)]
+    full = [hit["id"] for hit in index.match(typos, nprobe=index.nprobe)]
+    same = [hit["id"] for hit in built["off"].match(typos)]
+    assert full == same  # same build, same lists: nprobe given means every list probed
+    agreement = np.mean([a == b for a, b in zip(two, full, strict=True)])
+    assert agreement >= 0.98, agreement
+    queries = encoded(index, typos)
+    _, _, _, stops = three_searches(index, queries, index.early_stop)
+    assert stops.mean() > 0.3  # the stored setting stops many held-out queries early
+
+
+def test_lowest_safe_margin_stops_before_recall_falls_under_the_floor() -> None:
+    margins = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4], dtype=np.float32)
+    full = np.ones(6)
+    hits = np.array([1, 1, 1, 0, 1, 1], dtype=float)
+    # losing one query of six (recall 5/6) is under a 0.9 floor: stop at 0.7 at the lowest
+    assert lowest_safe_margin(margins, hits, full, 0.9) == pytest.approx(0.7)
+    assert lowest_safe_margin(margins, hits, full, 0.8) == pytest.approx(0.4)
+    assert lowest_safe_margin(margins, np.zeros(6), full, 0.9) == 2.0  # nobody may stop
+    tied = np.array([0.9, 0.7, 0.7, 0.6], dtype=np.float32)
+    # the query tied at 0.7 with the first loss must not stop either
+    margin = lowest_safe_margin(tied, np.array([1, 1, 0, 1.0]), np.ones(4), 0.99)
+    assert 0.7 < margin <= 0.9
+
+
+def test_a_malformed_early_stop_entry_is_refused(built: dict, tmp_path: Path) -> None:
+    for bad in ({"nprobe": 0, "margin": 0.1}, {"nprobe": 2, "margin": "high"}, {"nprobe": 2}):
+        copy = tmp_path / f"copy-{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(built["ivf"].path, copy)
+        manifest = json.loads((copy / "manifest.json").read_text())
+        manifest["index"]["early_stop"] = bad
+        (copy / "manifest.json").write_text(json.dumps(manifest))
+        with pytest.raises(ArtifactCorruptError, match="manifest.json"):
+            load_index(copy)
+    copy = tmp_path / "older"  # an artifact written before early stop existed
+    shutil.copytree(built["ivf"].path, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    del manifest["index"]["early_stop"], manifest["index"]["early_stop_tuning"]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    assert load_index(copy).early_stop is None
