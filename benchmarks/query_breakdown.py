@@ -88,6 +88,33 @@ def quantizer_variants(
     return out
 
 
+def early_stop_figures(index: Any, encoded: list[Any], options: dict[str, Any]) -> dict[str, Any]:
+    """For the artifact's early stop: the share of queries that stop after the first pass,
+    the top-1 agreement with a search of every list, and both searches' recall@1 against
+    exact search (when the artifact stores its vectors). ``options``: :func:`search`'s."""
+    import faiss
+    import numpy as np
+
+    from novelentitymatcher_faiss.search import exact_knn, hits_at_k, search
+
+    early, queries = index.early_stop, np.vstack(encoded)
+    _, two = search(index.index, queries, 1, nprobe=index.nprobe, early=early, **options)
+    _, every = search(index.index, queries, 1, nprobe=index.nprobe, **options)
+    first, _ = search(index.index, queries, 1, nprobe=early.nprobe, **options)
+    coarse, _ = faiss.extract_index_ivf(index.index).quantizer.search(queries, early.nprobe + 1)
+    out = {
+        "first_nprobe": early.nprobe, "margin": early.margin,
+        "stopped": float(np.mean(first[:, 0] - coarse[:, early.nprobe] >= early.margin)),
+        "same_top1_as_every_list": float(np.mean(two[:, 0] == every[:, 0])),
+    }  # fmt: skip
+    if index.vectors is not None:
+        truth, _ = exact_knn(queries, index.vectors, 1, progress="exact search")
+        for key, found in (("recall_at_1", two), ("recall_at_1_every_list", every)):
+            out[key] = float(np.mean(hits_at_k(queries, found, truth, index.vectors)))
+    print(f"  early stop: {out}", flush=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="1M")
@@ -143,15 +170,23 @@ def main(argv: list[str] | None = None) -> int:
     steps["faiss_search"] = p50_ms(lambda q: index.index.search(q, fetch, params=params),
                                    encoded, args.rounds)  # fmt: skip
 
-    def library_search(q: Any) -> Any:
-        return search(index.index, q, 1, nprobe=nprobe, vectors=vectors, rerank=rerank,
-                      spill=spill)  # fmt: skip
+    options = {"vectors": vectors, "rerank": rerank, "spill": spill}
 
-    steps["search"] = p50_ms(library_search, encoded, args.rounds)
+    def library_search(q: Any, early: Any = None) -> Any:
+        return search(index.index, q, 1, nprobe=nprobe, early=early, **options)
+
+    early = index.early_stop
+    steps["search"] = p50_ms(lambda q: library_search(q, early), encoded, args.rounds)
     steps["match"] = p50_ms(index.match, texts, args.rounds)
     steps["rest"] = steps["match"] - steps["features"] - steps["search"]
+    two_pass = None
+    if early is not None:  # the same steps probing every list (early stop off)
+        steps["search_every_list"] = p50_ms(library_search, encoded, args.rounds)
+        steps["match_every_list"] = p50_ms(lambda t: index.match(t, nprobe=nprobe), texts,
+                                           args.rounds)  # fmt: skip
+        two_pass = early_stop_figures(index, encoded, options)
     for name, value in steps.items():
-        print(f"  {name:<13} {value:7.3f} ms", flush=True)
+        print(f"  {name:<17} {value:7.3f} ms", flush=True)
     variants = []
     if quantizer is not None and args.hnsw_quantizer:
         variants = quantizer_variants(index.index, quantizer, encoded, library_search, nprobe,
@@ -161,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "query_breakdown", "entities": size, "kind": args.kind,
         "factory": info_index["factory"], "vectors": index.n_vectors, "dim": index.dim,
         "nprobe": nprobe, "rerank": rerank, "spill": spill, "candidates": fetch,
-        "queries": len(texts), "rounds": args.rounds, "p50_ms": steps,
+        "queries": len(texts), "rounds": args.rounds, "p50_ms": steps, "early_stop": two_pass,
         "quantizer_variants": variants, "environment": info,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }  # fmt: skip
@@ -176,6 +211,17 @@ def main(argv: list[str] | None = None) -> int:
         f"{machine['usable_cores']} cores.\n",
         markdown_table(["step", "p50 ms"], [[step, f"{ms:.3f}"] for step, ms in steps.items()]),
     ])  # fmt: skip
+    if two_pass:
+        markdown += (
+            f"\n\nEarly stop: the first pass probes {two_pass['first_nprobe']} lists; "
+            f"{two_pass['stopped']:.1%} of the queries stop there (margin "
+            f"{two_pass['margin']:.3f}). Top-1 is the same as probing every list for "
+            f"{two_pass['same_top1_as_every_list']:.1%}"
+            + (f"; recall@1 against exact search {two_pass['recall_at_1']:.3f}, against "
+               f"{two_pass['recall_at_1_every_list']:.3f} probing every list."
+               if "recall_at_1" in two_pass else ".")
+            + " `*_every_list` steps: the same search with early stop off."
+        )  # fmt: skip
     if variants:
         markdown += "\n\n## Coarse quantizer variants (same centroids, in memory)\n\n" + (
             markdown_table(["quantizer", "quantizer p50 ms", "search p50 ms", "recall@1"],

@@ -94,6 +94,10 @@ DEFAULT_SPILL = {"ivf-pq": 2}
 EARLY_STOP_MAX_LOSS = 0.002
 #: ... and is kept only when it probes at most this share of nprobe's lists per query.
 EARLY_STOP_MAX_COST = 0.75
+#: Early stop is measured only from this stored nprobe on (below it, probing is cheap) and
+#: with at least this many tuning queries (fewer make a noisy stop margin).
+EARLY_STOP_MIN_NPROBE = 16
+EARLY_STOP_MIN_QUERIES = 800
 
 
 def build_index(
@@ -680,7 +684,8 @@ def tune_early_stop(
 ) -> tuple[EarlyStop | None, list[dict[str, float]]]:
     """Two-pass probing (:class:`EarlyStop`) for top-1 searches at ``nprobe``, or None.
 
-    For each first-pass breadth ``first`` of ``grid`` up to ``nprobe // 2``, the tuning
+    None below ``EARLY_STOP_MIN_NPROBE`` or ``EARLY_STOP_MIN_QUERIES``. For each
+    first-pass breadth ``first`` of ``grid`` up to ``nprobe // 2``, the tuning
     queries of ``exact`` give each query's margin (its best first-pass score minus the
     centroid score of the nearest list not probed) and whether that hit is the exact top
     hit. A recall@1 is acceptable when it is at least ``target_top1`` and at least the full
@@ -694,13 +699,13 @@ def tune_early_stop(
     import faiss
 
     queries = exact.queries
+    firsts = [g for g in grid if g <= nprobe // 2]
+    if not firsts or nprobe < EARLY_STOP_MIN_NPROBE or len(queries) < EARLY_STOP_MIN_QUERIES:
+        return None, []
     truth = exact.result()[0][:, :1]
     options = {"vectors": vectors, "rerank": rerank, "spill": spill}
     _, rows = search(index, queries, 1, nprobe=nprobe, **options)
     full = hits_at_k(queries, rows, truth, vectors)
-    firsts = [g for g in grid if g <= nprobe // 2]
-    if not firsts:
-        return None, []
     coarse, _ = faiss.extract_index_ivf(index).quantizer.search(queries, firsts[-1] + 1)
     tune, held = slice(0, len(queries) // 2), slice(len(queries) // 2, None)
 

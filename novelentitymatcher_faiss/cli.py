@@ -282,6 +282,10 @@ def _info(args: argparse.Namespace) -> int:
         f"index:      {index['type']} ({index['factory']}), "
         f"nlist {index['nlist']}, nprobe {index['nprobe']}, spill {index.get('spill', 1)}"
     )
+    stop = index.get("early_stop")
+    if stop:
+        print(f"early stop: top-1 queries probe {stop['nprobe']} lists first, stop on a margin "
+              f"of {stop['margin']:.3f} over the next list")  # fmt: skip
     print(f"counts:     {counts['entities']} entities, {counts['vectors']} vectors")
     print(f"size:       {size / 1e6:.1f} MB in {len(manifest['files'])} files")
     print(f"built:      {manifest.get('created_at')} in {manifest.get('build_seconds')} s")
