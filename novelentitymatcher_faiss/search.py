@@ -122,7 +122,6 @@ def search(
         early is not None and k == 1 and selector is None and isinstance(index, faiss.IndexIVF)
         and nprobe is not None and early.nprobe < min(nprobe, index.nlist)
     )  # fmt: skip
-    params = search_params(index, nprobe, selector)
     threads = faiss.omp_get_max_threads()
     if len(queries) == 1 or search_work(index, len(queries), nprobe) < SMALL_SEARCH_WORK:
         faiss.omp_set_num_threads(1)
@@ -130,6 +129,7 @@ def search(
         if two_pass:
             exact = vectors if fetch > k else None
             return _search_two_pass(index, queries, fetch, nprobe, early, exact)
+        params = search_params(index, nprobe, selector)
         scores, rows = index.search(queries, fetch, params=params)
     finally:
         faiss.omp_set_num_threads(threads)
@@ -207,8 +207,8 @@ def _best(
     against ``vectors`` when given, else by their index scores."""
     if vectors is not None:
         return rerank_exact(queries, rows, vectors, 1)
-    pick = np.argmax(scores, axis=1)[:, None]
-    return np.take_along_axis(scores, pick, 1), np.take_along_axis(rows, pick, 1)
+    pick = (np.arange(len(rows)), np.argmax(scores, axis=1))
+    return scores[pick][:, None], rows[pick][:, None]
 
 
 def scores_of_rows(queries: np.ndarray, rows: np.ndarray, vectors: np.ndarray) -> np.ndarray:
@@ -246,8 +246,8 @@ def rerank_exact(
     """
     exact = scores_of_rows(queries, rows, vectors)
     if k == 1:  # a repeat cannot change the best row
-        best = np.argmax(exact, axis=1)[:, None]
-        scores, top = np.take_along_axis(exact, best, 1), np.take_along_axis(rows, best, 1)
+        best = (np.arange(len(rows)), np.argmax(exact, axis=1))
+        scores, top = exact[best][:, None], rows[best][:, None]
         top[np.isneginf(scores)] = -1
         return scores, top
     by_row = np.argsort(rows, axis=1)
