@@ -151,8 +151,8 @@ def _search_two_pass(
     One coarse-quantizer search finds each query's ``nprobe`` lists. The first pass scans
     ``early.nprobe`` of them; queries whose best score (re-ranked against ``vectors`` when
     given) does not beat the centroid score of the next list by ``early.margin`` scan the
-    remaining lists, and their candidates from both
-    passes are ranked together, as in a one-pass search of all ``nprobe`` lists.
+    remaining lists, and their candidates from both passes are ranked together, as in a
+    one-pass search of all ``nprobe`` lists.
     """
     nprobe = min(nprobe, ivf.nlist)
     coarse, lists = ivf.quantizer.search(queries, nprobe)
