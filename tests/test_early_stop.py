@@ -146,3 +146,20 @@ def test_a_malformed_early_stop_entry_is_refused(built: dict, tmp_path: Path) ->
     del manifest["index"]["early_stop"], manifest["index"]["early_stop_tuning"]
     (copy / "manifest.json").write_text(json.dumps(manifest))
     assert load_index(copy).early_stop is None
+
+
+def test_cli_info_shows_the_early_stop(built: dict) -> None:
+    import subprocess
+    import sys
+
+    stop = built["ivf"].early_stop
+    out = subprocess.run(
+        [sys.executable, "-m", "novelentitymatcher_faiss.cli", "info", str(built["ivf"].path)],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert f"probe {stop.nprobe} lists first" in out and f"{stop.margin:.3f}" in out
+    off = subprocess.run(
+        [sys.executable, "-m", "novelentitymatcher_faiss.cli", "info", str(built["off"].path)],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert "early stop" not in off
