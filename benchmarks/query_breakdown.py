@@ -104,7 +104,7 @@ def early_stop_figures(index: Any, encoded: list[Any], options: dict[str, Any]) 
     coarse, _ = faiss.extract_index_ivf(index.index).quantizer.search(queries, early.nprobe + 1)
     out = {
         "first_nprobe": early.nprobe, "margin": early.margin,
-        "stopped": float(np.mean(first[:, 0] - coarse[:, early.nprobe] >= early.margin)),
+        "stopped": float(np.mean(early.stops(first[:, 0], coarse))),
         "same_top1_as_every_list": float(np.mean(two[:, 0] == every[:, 0])),
     }  # fmt: skip
     if index.vectors is not None:

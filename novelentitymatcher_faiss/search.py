@@ -34,6 +34,12 @@ class EarlyStop:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def stops(self, best: np.ndarray, coarse: np.ndarray) -> np.ndarray:
+        """bool (nq,): the queries that stop after the first pass, from their best
+        first-pass scores float32 (nq,) and coarse-quantizer scores float32 (nq, p >
+        ``nprobe``), nearest list first. A missing hit (-inf) never stops."""
+        return best - coarse[:, self.nprobe] >= self.margin
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EarlyStop:
         """Raises ValueError on a malformed manifest entry."""
@@ -159,8 +165,7 @@ def _search_two_pass(
     first = early.nprobe
     scores, rows = _search_lists(ivf, queries, fetch, lists[:, :first], coarse[:, :first])
     best = _best(queries, scores, rows, vectors)
-    beaten = best[0][:, 0] - coarse[:, first] >= early.margin  # a missing hit (-inf) goes on
-    again = np.flatnonzero(~beaten)
+    again = np.flatnonzero(~early.stops(best[0][:, 0], coarse))
     if len(again):
         more = _search_lists(
             ivf, queries[again], fetch, lists[again, first:], coarse[again, first:]
