@@ -89,27 +89,32 @@ def quantizer_variants(
 
 
 def early_stop_figures(index: Any, encoded: list[Any], options: dict[str, Any]) -> dict[str, Any]:
-    """For the artifact's early stop: the share of queries that stop after the first pass,
-    the top-1 agreement with a search of every list, and both searches' recall@1 against
-    exact search (when the artifact stores its vectors). ``options``: :func:`search`'s."""
+    """For the artifact's early stop: the share of queries that stop after each stage, the
+    top-1 agreement with a search of every list, and both searches' recall@1 against exact
+    search (when the artifact stores its vectors). ``options``: :func:`search`'s."""
     import faiss
     import numpy as np
 
     from novelentitymatcher_faiss.search import exact_knn, hits_at_k, search
 
     early, queries = index.early_stop, np.vstack(encoded)
-    _, two = search(index.index, queries, 1, nprobe=index.nprobe, early=early, **options)
+    _, staged = search(index.index, queries, 1, nprobe=index.nprobe, early=early, **options)
     _, every = search(index.index, queries, 1, nprobe=index.nprobe, **options)
-    first, _ = search(index.index, queries, 1, nprobe=early.nprobe, **options)
-    coarse, _ = faiss.extract_index_ivf(index.index).quantizer.search(queries, early.nprobe + 1)
+    stages = early.stages()
+    coarse, _ = faiss.extract_index_ivf(index.index).quantizer.search(queries, stages[-1][0] + 1)
+    going, stopped = np.ones(len(queries), dtype=bool), []
+    for stage in stages:
+        best, _ = search(index.index, queries, 1, nprobe=stage[0], **options)
+        stop = going & early.stops(best[:, 0], coarse, stage)
+        stopped.append(float(stop.mean()))
+        going &= ~stop
     out = {
-        "first_nprobe": early.nprobe, "margin": early.margin,
-        "stopped": float(np.mean(early.stops(first[:, 0], coarse))),
-        "same_top1_as_every_list": float(np.mean(two[:, 0] == every[:, 0])),
+        "stages": [{"nprobe": n, "margin": m} for n, m in stages], "stopped": stopped,
+        "same_top1_as_every_list": float(np.mean(staged[:, 0] == every[:, 0])),
     }  # fmt: skip
     if index.vectors is not None:
         truth, _ = exact_knn(queries, index.vectors, 1, progress="exact search")
-        for key, found in (("recall_at_1", two), ("recall_at_1_every_list", every)):
+        for key, found in (("recall_at_1", staged), ("recall_at_1_every_list", every)):
             out[key] = float(np.mean(hits_at_k(queries, found, truth, index.vectors)))
     print(f"  early stop: {out}", flush=True)
     return out
@@ -179,12 +184,12 @@ def main(argv: list[str] | None = None) -> int:
     steps["search"] = p50_ms(lambda q: library_search(q, early), encoded, args.rounds)
     steps["match"] = p50_ms(index.match, texts, args.rounds)
     steps["rest"] = steps["match"] - steps["features"] - steps["search"]
-    two_pass = None
+    staged = None
     if early is not None:  # the same steps probing every list (early stop off)
         steps["search_every_list"] = p50_ms(library_search, encoded, args.rounds)
         steps["match_every_list"] = p50_ms(lambda t: index.match(t, nprobe=nprobe), texts,
                                            args.rounds)  # fmt: skip
-        two_pass = early_stop_figures(index, encoded, options)
+        staged = early_stop_figures(index, encoded, options)
     for name, value in steps.items():
         print(f"  {name:<17} {value:7.3f} ms", flush=True)
     variants = []
@@ -196,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "query_breakdown", "entities": size, "kind": args.kind,
         "factory": info_index["factory"], "vectors": index.n_vectors, "dim": index.dim,
         "nprobe": nprobe, "rerank": rerank, "spill": spill, "candidates": fetch,
-        "queries": len(texts), "rounds": args.rounds, "p50_ms": steps, "early_stop": two_pass,
+        "queries": len(texts), "rounds": args.rounds, "p50_ms": steps, "early_stop": staged,
         "quantizer_variants": variants, "environment": info,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }  # fmt: skip
@@ -211,15 +216,17 @@ def main(argv: list[str] | None = None) -> int:
         f"{machine['usable_cores']} cores.\n",
         markdown_table(["step", "p50 ms"], [[step, f"{ms:.3f}"] for step, ms in steps.items()]),
     ])  # fmt: skip
-    if two_pass:
+    if staged:
+        stages = ", ".join(
+            f"{stage['nprobe']} lists (margin {stage['margin']:.3f}): {share:.1%} stop"
+            for stage, share in zip(staged["stages"], staged["stopped"], strict=True)
+        )
         markdown += (
-            f"\n\nEarly stop: the first pass probes {two_pass['first_nprobe']} lists; "
-            f"{two_pass['stopped']:.1%} of the queries stop there (margin "
-            f"{two_pass['margin']:.3f}). Top-1 is the same as probing every list for "
-            f"{two_pass['same_top1_as_every_list']:.1%}"
-            + (f"; recall@1 against exact search {two_pass['recall_at_1']:.3f}, against "
-               f"{two_pass['recall_at_1_every_list']:.3f} probing every list."
-               if "recall_at_1" in two_pass else ".")
+            f"\n\nEarly stop, by stage: {stages}; the rest probe all {nprobe}. Top-1 is the "
+            f"same as probing every list for {staged['same_top1_as_every_list']:.1%}"
+            + (f"; recall@1 against exact search {staged['recall_at_1']:.3f}, against "
+               f"{staged['recall_at_1_every_list']:.3f} probing every list."
+               if "recall_at_1" in staged else ".")
             + " `*_every_list` steps: the same search with early stop off."
         )  # fmt: skip
     if variants:

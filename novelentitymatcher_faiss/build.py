@@ -15,6 +15,7 @@ import warnings
 from array import array
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
+from itertools import combinations
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +95,11 @@ DEFAULT_SPILL = {"ivf-pq": 2}
 EARLY_STOP_MAX_LOSS = 0.002
 #: ... and is kept only when it probes at most this share of nprobe's lists per query.
 EARLY_STOP_MAX_COST = 0.75
+#: Early stop probes in at most this many stages before the full nprobe ...
+EARLY_STOP_MAX_STAGES = 3
+#: ... and counts each stage searched as scanning this many vectors more (a search call, its
+#: re-rank and bookkeeping), so a stage is added only where it saves more than that.
+EARLY_STOP_STAGE_VECTORS = 256
 #: Early stop is measured only from this stored nprobe on (below it, probing is cheap) and
 #: with at least this many tuning queries (fewer make a noisy stop margin).
 EARLY_STOP_MIN_NPROBE = 16
@@ -150,7 +156,7 @@ def build_index(
     same centroids (:func:`use_graph_quantizer`). ``spill`` > 1 (bare IVF indexes only, and
     ``rerank >= spill``, which drops the repeated rows a search then returns) files each
     vector under that many nearest lists (:mod:`~novelentitymatcher_faiss.spill`).
-    ``early_stop``: IVF indexes also measure two-pass probing for top-1 queries
+    ``early_stop``: IVF indexes also measure staged probing for top-1 queries
     (:func:`tune_early_stop`) and store it when it saves work.
     Returns the opened :class:`~novelentitymatcher_faiss.match_index.MatchIndex`.
     """
@@ -681,20 +687,17 @@ def tune_early_stop(
     target_top1: float,
     rerank: int,
     spill: int = 1,
-) -> tuple[EarlyStop | None, list[dict[str, float]]]:
-    """Two-pass probing (:class:`EarlyStop`) for top-1 searches at ``nprobe``, or None.
+) -> tuple[EarlyStop | None, list[dict[str, Any]]]:
+    """Staged probing (:class:`EarlyStop`) for top-1 searches at ``nprobe``, or None.
 
-    None below ``EARLY_STOP_MIN_NPROBE`` or ``EARLY_STOP_MIN_QUERIES``. For each
-    first-pass breadth ``first`` of ``grid`` up to ``nprobe // 2``, the tuning
-    queries of ``exact`` give each query's margin (its best first-pass score minus the
-    centroid score of the nearest list not probed) and whether that hit is the exact top
-    hit. A recall@1 is acceptable when it is at least ``target_top1`` and at least the full
-    nprobe's recall@1 minus ``EARLY_STOP_MAX_LOSS``. The stop margin is the lowest that keeps
-    an acceptable recall@1 on the first half of the queries (for it and every higher
-    margin); the breadth is dropped unless the second half, held out, also keeps one. The
-    breadth kept is the one with the fewest expected lists per query,
-    ``first + (1 - stopped) * (nprobe - first)``, if that is at most
-    ``EARLY_STOP_MAX_COST * nprobe``. Returns it and the table of every breadth tried.
+    None below ``EARLY_STOP_MIN_NPROBE`` or ``EARLY_STOP_MIN_QUERIES``. For each breadth
+    of ``grid`` up to ``nprobe // 2``, the tuning queries of ``exact`` give each query's
+    best hit within that many nearest lists, whether it is the exact top hit, and its
+    margin over the centroid score of the next list. Every plan of 1 to
+    ``EARLY_STOP_MAX_STAGES`` breadths is scored by :func:`plan_early_stop`; the usable
+    plan with the lowest expected cost per query is kept, if its lists per query are at
+    most ``EARLY_STOP_MAX_COST * nprobe``. Returns it and a table: every one-stage plan,
+    then the cheapest plan of each longer length.
     """
     import faiss
 
@@ -706,34 +709,87 @@ def tune_early_stop(
     options = {"vectors": vectors, "rerank": rerank, "spill": spill}
     _, rows = search(index, queries, 1, nprobe=nprobe, **options)
     full = hits_at_k(queries, rows, truth, vectors)
-    coarse, _ = faiss.extract_index_ivf(index).quantizer.search(queries, firsts[-1] + 1)
-    tune, held = slice(0, len(queries) // 2), slice(len(queries) // 2, None)
-
-    def floor(part: slice) -> float:
-        return max(target_top1, float(full[part].mean()) - EARLY_STOP_MAX_LOSS)
-
-    best: tuple[float, EarlyStop] | None = None
-    table = []
+    ivf = faiss.extract_index_ivf(index)
+    coarse, _ = ivf.quantizer.search(queries, firsts[-1] + 1)
+    margins, hits = {}, {}
     for first in firsts:
         scores, rows = search(index, queries, 1, nprobe=first, **options)
-        margins = scores[:, 0] - coarse[:, first]
-        hits = hits_at_k(queries, rows, truth, vectors)
-        margin = lowest_safe_margin(margins[tune], hits[tune], full[tune], floor(tune))
-        stops = margins >= margin
-        held_recall = float(np.mean(np.where(stops[held], hits[held], full[held])))
-        cost = first + (1 - stops.mean()) * (nprobe - first)
-        usable = bool(stops.any() and held_recall >= floor(held))
-        table.append({
-            "nprobe": first, "recall_at_1": round(float(hits.mean()), 4), "margin": margin,
-            "stopped": round(float(stops.mean()), 4), "lists_per_query": round(cost, 2),
-            "held_out_recall_at_1": round(held_recall, 4), "usable": usable,
-        })  # fmt: skip
-        if usable and (best is None or cost < best[0]):
-            best = (cost, EarlyStop(first, margin))
+        margins[first] = scores[:, 0] - coarse[:, first]
+        hits[first] = hits_at_k(queries, rows, truth, vectors)
     release_pages(vectors)
-    if best is None or best[0] > EARLY_STOP_MAX_COST * nprobe:
+    call_lists = EARLY_STOP_STAGE_VECTORS * ivf.nlist / max(1, ivf.ntotal)
+    plans = [
+        plan_early_stop(stages, margins, hits, full, nprobe, target_top1, call_lists)
+        for size in range(1, EARLY_STOP_MAX_STAGES + 1)
+        for stages in combinations(firsts, size)
+    ]
+    table = [plan for plan in plans if not plan["then"]]
+    for size in range(2, EARLY_STOP_MAX_STAGES + 1):
+        longer = [p for p in plans if len(p["then"]) == size - 1 and p["usable"]]
+        table += [min(longer, key=lambda p: p["cost"])] if longer else []
+    usable = [plan for plan in table if plan["usable"]]
+    best = min(usable, key=lambda p: p["cost"]) if usable else None
+    if best is None or best["lists_per_query"] > EARLY_STOP_MAX_COST * nprobe:
         return None, table
-    return best[1], table
+    return EarlyStop.from_dict(best), table
+
+
+def plan_early_stop(
+    stages: tuple[int, ...],
+    margins: dict[int, np.ndarray],
+    hits: dict[int, np.ndarray],
+    full: np.ndarray,
+    nprobe: int,
+    target_top1: float,
+    call_lists: float,
+) -> dict[str, Any]:
+    """Margins and figures of probing in ``stages`` (breadths, narrowest first) before the
+    full ``nprobe``, for q tuning queries: ``margins[b]`` float32 (q,) their best score
+    within b lists minus the centroid score of list b + 1, ``hits[b]`` and ``full``
+    float (q,) whether that hit (or the full nprobe's) is the exact top hit.
+
+    The margins are set stage by stage on the first half of the queries: each the lowest
+    (:func:`lowest_safe_margin`) that keeps recall@1, with the queries stopped so far scoring
+    their stage's hit and the rest the full nprobe's, at least ``target_top1`` and at least
+    the full recall@1 minus the stages' share so far of ``EARLY_STOP_MAX_LOSS``. The plan is
+    ``usable`` when some query stops and the held-out second half keeps the whole budget.
+    ``cost`` is the expected lists scanned per query plus ``call_lists`` for every stage
+    searched (a search call, its re-rank and bookkeeping, in lists).
+    """
+    n = len(full)
+    tune = np.arange(n) < n // 2
+    got, lists, calls = full.astype(float), np.full(n, float(nprobe)), np.ones(n)
+    going = np.ones(n, dtype=bool)
+
+    def floor(part: np.ndarray, share: float) -> float:
+        return max(target_top1, float(full[part].mean()) - EARLY_STOP_MAX_LOSS * share)
+
+    chosen = []
+    for i, breadth in enumerate(stages):
+        rest = going & tune
+        kept = got[tune & ~going].sum()  # recall already fixed by earlier stops
+        wanted = (floor(tune, (i + 1) / len(stages)) * tune.sum() - kept) / max(1, rest.sum())
+        margin = 2.0
+        if rest.any():
+            margin = max(-2.0, lowest_safe_margin(margins[breadth][rest], hits[breadth][rest],
+                                                  full[rest], wanted))  # fmt: skip
+        stop = going & (margins[breadth] >= margin)
+        got[stop], lists[stop], calls[going] = hits[breadth][stop], breadth, i + 1
+        going &= ~stop
+        chosen.append((breadth, margin))
+    calls[going] += 1  # the last search, over the rest of the nprobe lists
+    held = ~tune
+    first, first_margin = chosen[0]
+    return {
+        "nprobe": first, "margin": first_margin,
+        "then": [{"nprobe": b, "margin": m} for b, m in chosen[1:]],
+        "recall_at_1": round(float(hits[first].mean()), 4),
+        "stopped": round(float(1 - going.mean()), 4),
+        "lists_per_query": round(float(lists.mean()), 2),
+        "cost": round(float((lists + call_lists * calls).mean()), 2),
+        "held_out_recall_at_1": round(float(got[held].mean()), 4),
+        "usable": bool(not going.all() and got[held].mean() >= floor(held, 1.0)),
+    }  # fmt: skip
 
 
 def lowest_safe_margin(

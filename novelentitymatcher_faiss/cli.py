@@ -284,8 +284,10 @@ def _info(args: argparse.Namespace) -> int:
     )
     stop = index.get("early_stop")
     if stop:
+        later = "".join(f"; then {s['nprobe']} lists, margin {s['margin']:.3f}"
+                        for s in stop.get("then", []))  # fmt: skip
         print(f"early stop: top-1 queries probe {stop['nprobe']} lists first, stop on a margin "
-              f"of {stop['margin']:.3f} over the next list")  # fmt: skip
+              f"of {stop['margin']:.3f} over the next list{later}")  # fmt: skip
     print(f"counts:     {counts['entities']} entities, {counts['vectors']} vectors")
     print(f"size:       {size / 1e6:.1f} MB in {len(manifest['files'])} files")
     print(f"built:      {manifest.get('created_at')} in {manifest.get('build_seconds')} s")

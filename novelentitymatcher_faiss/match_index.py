@@ -475,7 +475,7 @@ class MatchIndex:
         self, vectors: np.ndarray, fetch: int, nprobe: int | None, early: EarlyStop | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """:func:`search` for the top ``fetch`` visible rows, (nq, fetch) scores and rows;
-        ``early``: two-pass probing (used when no entity is hidden).
+        ``early``: staged probing (used when no entity is hidden).
 
         Hidden rows are excluded by the FAISS selector, except on flat indexes, where a
         selector takes FAISS off its BLAS path (about 10x slower): those fetch

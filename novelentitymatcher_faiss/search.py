@@ -7,7 +7,7 @@ All functions take and return numpy arrays: queries are float32 (nq, d), scores 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,33 +22,49 @@ SMALL_SEARCH_WORK = 20_000_000
 
 @dataclass(frozen=True)
 class EarlyStop:
-    """Two-pass probing of an IVF index for top-1 searches: probe the ``nprobe`` nearest
+    """Staged probing of an IVF index for top-1 searches: probe the ``nprobe`` nearest
     lists first; a query stops there when its best score beats the centroid score of the
-    nearest list not probed by at least ``margin``, the others go on to the rest of the
-    full nprobe. Both values are measured at build time (see
-    :func:`~novelentitymatcher_faiss.build.tune_early_stop`)."""
+    nearest list not probed by at least ``margin``. The others go on to each later stage
+    ``(nprobe, margin)`` of ``then`` in turn (the same rule, wider), and those left after
+    the last stage to the rest of the full nprobe. Every value is measured at build time
+    (see :func:`~novelentitymatcher_faiss.build.tune_early_stop`)."""
 
     nprobe: int
     margin: float
+    then: tuple[tuple[int, float], ...] = ()
+
+    def stages(self) -> list[tuple[int, float]]:
+        """Every stage, (lists probed so far int, stop margin float), narrowest first."""
+        return [(self.nprobe, self.margin), *self.then]
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {"nprobe": self.nprobe, "margin": self.margin,
+                "then": [{"nprobe": n, "margin": m} for n, m in self.then]}  # fmt: skip
 
-    def stops(self, best: np.ndarray, coarse: np.ndarray) -> np.ndarray:
-        """bool (nq,): the queries that stop after the first pass, from their best
-        first-pass scores float32 (nq,) and coarse-quantizer scores float32 (nq, p >
-        ``nprobe``), nearest list first. A missing hit (-inf) never stops."""
-        return best - coarse[:, self.nprobe] >= self.margin
+    @staticmethod
+    def stops(best: np.ndarray, coarse: np.ndarray, stage: tuple[int, float]) -> np.ndarray:
+        """bool (nq,): the queries that stop after ``stage`` = (lists probed, margin), from
+        their best scores so far float32 (nq,) and coarse-quantizer scores float32 (nq, p >
+        lists probed), nearest list first. A missing hit (-inf) never stops."""
+        probed, margin = stage
+        return best - coarse[:, probed] >= margin
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EarlyStop:
-        """Raises ValueError on a malformed manifest entry."""
-        first, margin = data["nprobe"], data["margin"]
-        if not isinstance(first, int) or isinstance(first, bool) or first < 1:
-            raise ValueError(f"early_stop nprobe must be a positive int, got {first!r}")
-        if not isinstance(margin, int | float) or not -2.0 <= margin <= 2.0:
-            raise ValueError(f"early_stop margin must be in [-2, 2], got {margin!r}")
-        return cls(first, float(margin))
+        """Raises ValueError on a malformed manifest entry (``then`` is absent in artifacts
+        of earlier versions: one stage)."""
+        stages = [data, *data.get("then", [])]
+        for entry in stages:
+            first, margin = entry["nprobe"], entry["margin"]
+            if not isinstance(first, int) or isinstance(first, bool) or first < 1:
+                raise ValueError(f"early_stop nprobe must be a positive int, got {first!r}")
+            if not isinstance(margin, int | float) or not -2.0 <= margin <= 2.0:
+                raise ValueError(f"early_stop margin must be in [-2, 2], got {margin!r}")
+        widths = [entry["nprobe"] for entry in stages]
+        if widths != sorted(set(widths)):
+            raise ValueError(f"early_stop stages must probe more lists each, got {widths}")
+        rest = tuple((entry["nprobe"], float(entry["margin"])) for entry in stages[1:])
+        return cls(data["nprobe"], float(data["margin"]), rest)
 
 
 def search_work(index, nq: int, nprobe: int | None) -> int:  # noqa: ANN001 - a faiss.Index
@@ -117,14 +133,14 @@ def search(
     OpenMP thread, where starting more threads costs more than it saves; the calling
     thread's OpenMP setting, which torch shares, is restored before returning.
     ``early`` (top-1 searches of a bare IVF index with ``nprobe`` set, no ``selector``):
-    two-pass probing, see :class:`EarlyStop`.
+    staged probing, see :class:`EarlyStop`.
     """
     import faiss
 
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     k = max(1, min(k, index.ntotal))
     fetch = fetch_count(index.ntotal, k, rerank if vectors is not None else 0, spill)
-    two_pass = (
+    staged = (
         early is not None and k == 1 and selector is None and isinstance(index, faiss.IndexIVF)
         and nprobe is not None and early.nprobe < min(nprobe, index.nlist)
     )  # fmt: skip
@@ -132,9 +148,9 @@ def search(
     if len(queries) == 1 or search_work(index, len(queries), nprobe) < SMALL_SEARCH_WORK:
         faiss.omp_set_num_threads(1)
     try:
-        if two_pass:
+        if staged:
             exact = vectors if fetch > k else None
-            return _search_two_pass(index, queries, fetch, nprobe, early, exact)
+            return _search_staged(index, queries, fetch, nprobe, early, exact)
         params = search_params(index, nprobe, selector)
         scores, rows = index.search(queries, fetch, params=params)
     finally:
@@ -144,7 +160,7 @@ def search(
     return scores, rows
 
 
-def _search_two_pass(
+def _search_staged(
     ivf,  # noqa: ANN001 - a faiss.IndexIVF
     queries: np.ndarray,
     fetch: int,
@@ -154,30 +170,33 @@ def _search_two_pass(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-1 (scores, rows) float32/int64 (nq, 1) of :func:`search` with ``early``.
 
-    One coarse-quantizer search finds each query's ``nprobe`` lists. The first pass scans
-    ``early.nprobe`` of them; queries whose best score (re-ranked against ``vectors`` when
-    given) does not beat the centroid score of the next list by ``early.margin`` scan the
-    remaining lists, and their candidates from both passes are ranked together, as in a
-    one-pass search of all ``nprobe`` lists.
+    One coarse-quantizer search finds each query's ``nprobe`` lists. Each stage of
+    ``early`` scans the next lists of the queries still going, up to its breadth, and keeps
+    each query's best hit so far (re-ranked against ``vectors`` when given); a query stops
+    when that hit beats the centroid score of its next list by the stage's margin. Queries
+    left after the last stage scan the rest of the ``nprobe`` lists. The best of every
+    stage's hits is the best of one pass over all the lists the query probed.
     """
     nprobe = min(nprobe, ivf.nlist)
     coarse, lists = ivf.quantizer.search(queries, nprobe)
-    first = early.nprobe
-    scores, rows = _search_lists(ivf, queries, fetch, lists[:, :first], coarse[:, :first])
-    best = _best(queries, scores, rows, vectors)
-    again = np.flatnonzero(~early.stops(best[0][:, 0], coarse))
-    if len(again):
-        more = _search_lists(
-            ivf, queries[again], fetch, lists[again, first:], coarse[again, first:]
+    best = np.full((len(queries), 1), -np.inf, dtype=np.float32)
+    best_rows = np.full((len(queries), 1), -1, dtype=np.int64)
+    going, done = np.arange(len(queries)), 0
+    for stage in [*(s for s in early.stages() if s[0] < nprobe), (nprobe, None)]:
+        probed = stage[0]
+        found = _search_lists(
+            ivf, queries[going], fetch, lists[going, done:probed], coarse[going, done:probed]
         )
-        merged = _best(
-            queries[again],
-            np.hstack([scores[again], more[0]]),
-            np.hstack([rows[again], more[1]]),
-            vectors,
-        )
-        best[0][again], best[1][again] = merged
-    return best
+        scores, rows = _best(queries[going], *found, vectors)
+        improved = scores[:, 0] > best[going, 0]
+        best[going[improved]], best_rows[going[improved]] = scores[improved], rows[improved]
+        if stage[1] is None:
+            break
+        going = going[~EarlyStop.stops(best[going, 0], coarse[going], stage)]
+        done = probed
+        if not len(going):
+            break
+    return best, best_rows
 
 
 def _search_lists(

@@ -1,4 +1,4 @@
-"""Two-pass probing (early stop) of IVF artifacts, on real potion-8m vectors of upstream's
+"""Staged probing (early stop) of IVF artifacts, on real potion-8m vectors of upstream's
 MCC catalog."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from novelentitymatcher_faiss import ArtifactCorruptError, build_index, load_index
-from novelentitymatcher_faiss.build import lowest_safe_margin
+from novelentitymatcher_faiss.build import lowest_safe_margin, plan_early_stop
 from novelentitymatcher_faiss.catalog import read_catalog
 from novelentitymatcher_faiss.lexical import featurize
 from novelentitymatcher_faiss.normalize import normalize_text
@@ -86,20 +86,65 @@ def test_a_query_gets_the_first_pass_hit_if_it_stops_else_the_full_one(
         assert one[1][0, 0] == two[1][i, 0]
 
 
+def test_a_query_stops_at_its_first_stage_whose_margin_it_clears(
+    built: dict, typos: list
+) -> None:
+    index = built["ivf"]  # float codes, no re-rank: each stage's hit is exact
+    queries = encoded(index, typos)
+    options = {"vectors": index.vectors, "rerank": index._rerank, "spill": index.spill}
+    coarse, _ = faiss.extract_index_ivf(index.index).quantizer.search(queries, 5)
+    first = search(index.index, queries, 1, nprobe=1, **options)
+    second = search(index.index, queries, 1, nprobe=4, **options)
+    full = search(index.index, queries, 1, nprobe=index.nprobe, **options)
+    gap1, gap2 = first[0][:, 0] - coarse[:, 1], second[0][:, 0] - coarse[:, 4]
+    m1 = float(np.quantile(gap1, 0.6))
+    m2 = float(np.median(gap2[gap1 < m1]))
+    stop1 = gap1 >= m1
+    stop2 = ~stop1 & (gap2 >= m2)
+    rest = ~stop1 & ~stop2
+    assert stop1.mean() > 0.2 and stop2.mean() > 0.1 and rest.mean() > 0.1  # every path runs
+    early = EarlyStop(nprobe=1, margin=m1, then=((4, m2),))
+    scores, rows = search(index.index, queries, 1, nprobe=index.nprobe, early=early, **options)
+    for mask, expected in ((stop1, first), (stop2, second), (rest, full)):
+        np.testing.assert_allclose(scores[mask], expected[0][mask], atol=1e-6)
+    for i in range(0, len(queries), 29):  # one query at a time gives the batch's answers
+        one = search(index.index, queries[i : i + 1], 1, nprobe=index.nprobe, early=early,
+                     **options)  # fmt: skip
+        assert one[1][0, 0] == rows[i, 0]
+
+
 def test_the_build_measures_and_stores_early_stop(built: dict, typos: list) -> None:
     info = built["ivf"].manifest["index"]
     stop = info["early_stop"]
     assert stop is not None and stop["nprobe"] <= OPTIONS["nprobe"] // 2
-    assert built["ivf"].early_stop == EarlyStop(stop["nprobe"], stop["margin"])
+    assert built["ivf"].early_stop == EarlyStop.from_dict(stop)
+    widths = [s[0] for s in built["ivf"].early_stop.stages()]
+    assert widths == sorted(set(widths)) and widths[-1] <= OPTIONS["nprobe"] // 2
     table = info["early_stop_tuning"]
-    assert [row["nprobe"] for row in table] == [1, 2, 3, 4, 6, 8]
-    kept = next(row for row in table if row["nprobe"] == stop["nprobe"])
-    assert kept["lists_per_query"] == min(
-        row["lists_per_query"] for row in table if row["usable"]
-    )
+    singles = [row for row in table if not row["then"]]
+    assert [row["nprobe"] for row in singles] == [1, 2, 3, 4, 6, 8]
+    assert all(len(row["then"]) == i for i, row in enumerate(table[len(singles):], 1))
+    kept = next(row for row in table if EarlyStop.from_dict(row) == built["ivf"].early_stop)
+    assert kept["cost"] == min(row["cost"] for row in table if row["usable"])
     assert kept["lists_per_query"] <= 0.75 * OPTIONS["nprobe"]
     off = built["off"].manifest["index"]
     assert off["early_stop"] is None and built["off"].early_stop is None
+
+
+def test_a_plan_spends_the_recall_budget_stage_by_stage() -> None:
+    # 8 queries: the first 4 tune the margins, the last 4 are held out
+    margins = {1: np.array([0.5, 0.4, 0.3, 0.2] * 2, dtype=np.float32),
+               4: np.full(8, 0.6, dtype=np.float32)}  # fmt: skip
+    hits = {1: np.array([1, 1, 0, 1, 1, 1, 1, 1.0]), 4: np.ones(8)}
+    plan = plan_early_stop((1, 4), margins, hits, np.ones(8), 16, 0.0, call_lists=2.0)
+    # stage 1 may lose half the budget: the miss at margin 0.3 must not stop, so 0.4
+    assert plan["margin"] == pytest.approx(0.4)
+    assert plan["then"] == [{"nprobe": 4, "margin": pytest.approx(0.6)}]
+    assert plan["stopped"] == 1.0 and plan["held_out_recall_at_1"] == 1.0 and plan["usable"]
+    assert plan["lists_per_query"] == 2.5  # four queries stop after 1 list, four after 4
+    assert plan["cost"] == 2.5 + 2.0 * 1.5  # one search call for half, two for the others
+    nobody = plan_early_stop((1,), margins, {1: np.zeros(8)}, np.ones(8), 16, 0.0, 2.0)
+    assert nobody["margin"] == 2.0 and not nobody["usable"] and nobody["lists_per_query"] == 16
 
 
 def test_early_stop_keeps_top1_and_an_explicit_nprobe_turns_it_off(
@@ -132,7 +177,9 @@ def test_lowest_safe_margin_stops_before_recall_falls_under_the_floor() -> None:
 
 
 def test_a_malformed_early_stop_entry_is_refused(built: dict, tmp_path: Path) -> None:
-    for bad in ({"nprobe": 0, "margin": 0.1}, {"nprobe": 2, "margin": "high"}, {"nprobe": 2}):
+    for bad in ({"nprobe": 0, "margin": 0.1}, {"nprobe": 2, "margin": "high"}, {"nprobe": 2},
+                {"nprobe": 4, "margin": 0.1, "then": [{"nprobe": 2, "margin": 0.1}]},
+                {"nprobe": 2, "margin": 0.1, "then": [{"nprobe": 4}]}):
         copy = tmp_path / f"copy-{len(list(tmp_path.iterdir()))}"
         shutil.copytree(built["ivf"].path, copy)
         manifest = json.loads((copy / "manifest.json").read_text())
