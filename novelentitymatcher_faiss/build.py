@@ -100,6 +100,9 @@ EARLY_STOP_MAX_STAGES = 3
 #: ... and counts each stage searched as scanning this many vectors more (a search call, its
 #: re-rank and bookkeeping), so a stage is added only where it saves more than that.
 EARLY_STOP_STAGE_VECTORS = 256
+#: Shares of the recall budget tried for the first of several stages (besides an even
+#: split): a first stage allowed more of the loss stops more queries after the fewest lists.
+EARLY_STOP_FIRST_SHARES = (0.5, 0.75)
 #: Early stop is measured only from this stored nprobe on (below it, probing is cheap) and
 #: with at least this many tuning queries (fewer make a noisy stop margin).
 EARLY_STOP_MIN_NPROBE = 16
@@ -694,10 +697,12 @@ def tune_early_stop(
     of ``grid`` up to ``nprobe // 2``, the tuning queries of ``exact`` give each query's
     best hit within that many nearest lists, whether it is the exact top hit, and its
     margin over the centroid score of the next list. Every plan of 1 to
-    ``EARLY_STOP_MAX_STAGES`` breadths is scored by :func:`plan_early_stop`; the usable
-    plan with the lowest expected cost per query is kept, if its lists per query are at
-    most ``EARLY_STOP_MAX_COST * nprobe``. Returns it and a table: every one-stage plan,
-    then the cheapest plan of each longer length.
+    ``EARLY_STOP_MAX_STAGES`` breadths, with each share of the recall budget in
+    ``EARLY_STOP_FIRST_SHARES`` for its first stage, is scored by :func:`plan_early_stop`;
+    the usable plan with the lowest ``cost + p50_cost`` (throughput and single-query
+    latency weighed alike) is kept, if its lists per query are at most
+    ``EARLY_STOP_MAX_COST * nprobe``. Returns it and a table: every one-stage plan, then the
+    best plan of each longer length.
     """
     import faiss
 
@@ -719,16 +724,21 @@ def tune_early_stop(
     release_pages(vectors)
     call_lists = EARLY_STOP_STAGE_VECTORS * ivf.nlist / max(1, ivf.ntotal)
     plans = [
-        plan_early_stop(stages, margins, hits, full, nprobe, target_top1, call_lists)
+        plan_early_stop(stages, margins, hits, full, nprobe, target_top1, call_lists, share)
         for size in range(1, EARLY_STOP_MAX_STAGES + 1)
         for stages in combinations(firsts, size)
+        for share in sorted({1 / size, *(s for s in EARLY_STOP_FIRST_SHARES if size > 1)})
     ]
+
+    def score(plan: dict[str, Any]) -> float:
+        return plan["cost"] + plan["p50_cost"]
+
     table = [plan for plan in plans if not plan["then"]]
     for size in range(2, EARLY_STOP_MAX_STAGES + 1):
         longer = [p for p in plans if len(p["then"]) == size - 1 and p["usable"]]
-        table += [min(longer, key=lambda p: p["cost"])] if longer else []
+        table += [min(longer, key=score)] if longer else []
     usable = [plan for plan in table if plan["usable"]]
-    best = min(usable, key=lambda p: p["cost"]) if usable else None
+    best = min(usable, key=score) if usable else None
     if best is None or best["lists_per_query"] > EARLY_STOP_MAX_COST * nprobe:
         return None, table
     return EarlyStop.from_dict(best), table
@@ -742,6 +752,7 @@ def plan_early_stop(
     nprobe: int,
     target_top1: float,
     call_lists: float,
+    first_share: float | None = None,
 ) -> dict[str, Any]:
     """Margins and figures of probing in ``stages`` (breadths, narrowest first) before the
     full ``nprobe``, for q tuning queries: ``margins[b]`` float32 (q,) their best score
@@ -751,10 +762,12 @@ def plan_early_stop(
     The margins are set stage by stage on the first half of the queries: each the lowest
     (:func:`lowest_safe_margin`) that keeps recall@1, with the queries stopped so far scoring
     their stage's hit and the rest the full nprobe's, at least ``target_top1`` and at least
-    the full recall@1 minus the stages' share so far of ``EARLY_STOP_MAX_LOSS``. The plan is
-    ``usable`` when some query stops and the held-out second half keeps the whole budget.
-    ``cost`` is the expected lists scanned per query plus ``call_lists`` for every stage
-    searched (a search call, its re-rank and bookkeeping, in lists).
+    the full recall@1 minus the stages' share so far of ``EARLY_STOP_MAX_LOSS``: the first
+    stage's is ``first_share`` (default: an even split), the later ones share the rest
+    evenly. The plan is ``usable`` when some query stops and the held-out second half keeps
+    the whole budget. ``cost`` and ``p50_cost`` are the mean and median over the queries of
+    the lists scanned plus ``call_lists`` for every stage searched (a search call, its
+    re-rank and bookkeeping, in lists).
     """
     n = len(full)
     tune = np.arange(n) < n // 2
@@ -764,11 +777,13 @@ def plan_early_stop(
     def floor(part: np.ndarray, share: float) -> float:
         return max(target_top1, float(full[part].mean()) - EARLY_STOP_MAX_LOSS * share)
 
+    first_share = 1 / len(stages) if first_share is None else first_share
     chosen = []
     for i, breadth in enumerate(stages):
         rest = going & tune
         kept = got[tune & ~going].sum()  # recall already fixed by earlier stops
-        wanted = (floor(tune, (i + 1) / len(stages)) * tune.sum() - kept) / max(1, rest.sum())
+        share = first_share + (1 - first_share) * i / max(1, len(stages) - 1)
+        wanted = (floor(tune, share) * tune.sum() - kept) / max(1, rest.sum())
         margin = 2.0
         if rest.any():
             margin = max(-2.0, lowest_safe_margin(margins[breadth][rest], hits[breadth][rest],
@@ -778,7 +793,7 @@ def plan_early_stop(
         going &= ~stop
         chosen.append((breadth, margin))
     calls[going] += 1  # the last search, over the rest of the nprobe lists
-    held = ~tune
+    held, spent = ~tune, lists + call_lists * calls
     first, first_margin = chosen[0]
     return {
         "nprobe": first, "margin": first_margin,
@@ -786,7 +801,8 @@ def plan_early_stop(
         "recall_at_1": round(float(hits[first].mean()), 4),
         "stopped": round(float(1 - going.mean()), 4),
         "lists_per_query": round(float(lists.mean()), 2),
-        "cost": round(float((lists + call_lists * calls).mean()), 2),
+        "cost": round(float(spent.mean()), 2), "p50_cost": round(float(np.median(spent)), 2),
+        "first_share": round(first_share, 4),
         "held_out_recall_at_1": round(float(got[held].mean()), 4),
         "usable": bool(not going.all() and got[held].mean() >= floor(held, 1.0)),
     }  # fmt: skip

@@ -125,7 +125,9 @@ def test_the_build_measures_and_stores_early_stop(built: dict, typos: list) -> N
     assert [row["nprobe"] for row in singles] == [1, 2, 3, 4, 6, 8]
     assert all(len(row["then"]) == i for i, row in enumerate(table[len(singles):], 1))
     kept = next(row for row in table if EarlyStop.from_dict(row) == built["ivf"].early_stop)
-    assert kept["cost"] == min(row["cost"] for row in table if row["usable"])
+    assert kept["cost"] + kept["p50_cost"] == min(
+        row["cost"] + row["p50_cost"] for row in table if row["usable"]
+    )
     assert kept["lists_per_query"] <= 0.75 * OPTIONS["nprobe"]
     off = built["off"].manifest["index"]
     assert off["early_stop"] is None and built["off"].early_stop is None
@@ -143,6 +145,7 @@ def test_a_plan_spends_the_recall_budget_stage_by_stage() -> None:
     assert plan["stopped"] == 1.0 and plan["held_out_recall_at_1"] == 1.0 and plan["usable"]
     assert plan["lists_per_query"] == 2.5  # four queries stop after 1 list, four after 4
     assert plan["cost"] == 2.5 + 2.0 * 1.5  # one search call for half, two for the others
+    assert plan["p50_cost"] == 5.5  # between 1 + 2 (one call) and 4 + 2 * 2 (two calls)
     nobody = plan_early_stop((1,), margins, {1: np.zeros(8)}, np.ones(8), 16, 0.0, 2.0)
     assert nobody["margin"] == 2.0 and not nobody["usable"] and nobody["lists_per_query"] == 16
 
