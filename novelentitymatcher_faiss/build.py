@@ -699,8 +699,8 @@ def tune_early_stop(
     margin over the centroid score of the next list. Every plan of 1 to
     ``EARLY_STOP_MAX_STAGES`` breadths, with each share of the recall budget in
     ``EARLY_STOP_FIRST_SHARES`` for its first stage, is scored by :func:`plan_early_stop`;
-    the usable plan with the lowest ``cost + p50_cost`` (throughput and single-query
-    latency weighed alike) is kept, if its lists per query are at most
+    the usable plan with the lowest expected ``cost`` per query is kept, if its lists per
+    query are at most
     ``EARLY_STOP_MAX_COST * nprobe``. Returns it and a table: every one-stage plan, then the
     best plan of each longer length.
     """
@@ -730,15 +730,12 @@ def tune_early_stop(
         for share in sorted({1 / size, *(s for s in EARLY_STOP_FIRST_SHARES if size > 1)})
     ]
 
-    def score(plan: dict[str, Any]) -> float:
-        return plan["cost"] + plan["p50_cost"]
-
     table = [plan for plan in plans if not plan["then"]]
     for size in range(2, EARLY_STOP_MAX_STAGES + 1):
         longer = [p for p in plans if len(p["then"]) == size - 1 and p["usable"]]
-        table += [min(longer, key=score)] if longer else []
+        table += [min(longer, key=lambda p: p["cost"])] if longer else []
     usable = [plan for plan in table if plan["usable"]]
-    best = min(usable, key=score) if usable else None
+    best = min(usable, key=lambda p: p["cost"]) if usable else None
     if best is None or best["lists_per_query"] > EARLY_STOP_MAX_COST * nprobe:
         return None, table
     return EarlyStop.from_dict(best), table
