@@ -700,9 +700,8 @@ def tune_early_stop(
     ``EARLY_STOP_MAX_STAGES`` breadths, with each share of the recall budget in
     ``EARLY_STOP_FIRST_SHARES`` for its first stage, is scored by :func:`plan_early_stop`;
     the usable plan with the lowest expected ``cost`` per query is kept, if its lists per
-    query are at most
-    ``EARLY_STOP_MAX_COST * nprobe``. Returns it and a table: every one-stage plan, then the
-    best plan of each longer length.
+    query are at most ``EARLY_STOP_MAX_COST * nprobe``. Returns it and a table: every
+    one-stage plan, then the cheapest plan of each longer length.
     """
     import faiss
 

@@ -186,18 +186,19 @@ def _search_staged(
     best_rows = np.full((len(queries), 1), -1, dtype=np.int64)
     going, done = np.arange(len(queries)), 0
     for probed, margin in stages:
+        asked = queries[going]
         found = _search_lists(
-            ivf, queries[going], fetch, lists[going, done:probed], coarse[going, done:probed]
+            ivf, asked, fetch, lists[going, done:probed], coarse[going, done:probed]
         )
-        _keep_better(best, best_rows, going, _best(queries[going], *found, vectors))
+        _keep_better(best, best_rows, going, _best(asked, *found, vectors))
         going = going[~EarlyStop.stops(best[going, 0], coarse[going], (probed, margin))]
         done = probed
         if not len(going):
             return best, best_rows
-    coarse, rest = ivf.quantizer.search(queries[going], nprobe)
-    rest = _not_probed(rest, lists[going, :done])
-    found = _search_lists(ivf, queries[going], fetch, rest, coarse)
-    _keep_better(best, best_rows, going, _best(queries[going], *found, vectors))
+    asked = queries[going]
+    coarse, rest = ivf.quantizer.search(asked, nprobe)
+    found = _search_lists(ivf, asked, fetch, _not_probed(rest, lists[going, :done]), coarse)
+    _keep_better(best, best_rows, going, _best(asked, *found, vectors))
     return best, best_rows
 
 
