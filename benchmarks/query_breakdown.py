@@ -77,7 +77,8 @@ def quantizer_variants(
         try:
             found = np.vstack([library_search(q)[1] for q in encoded])
             if truth is None:  # no stored vectors: agreement with the flat quantizer's rows
-                flat_rows = found if flat_rows is None else flat_rows  # flat comes first
+                if ef_search is None:  # the flat quantizer's own row (listed first)
+                    flat_rows = found
                 accuracy = {"same_top1_as_flat": float(np.mean(found[:, 0] == flat_rows[:, 0]))}
             else:
                 accuracy = {"recall_at_1": recall_at_k(queries, found, truth, vectors)}
