@@ -39,6 +39,8 @@ FORMAT = "nem-faiss-index"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 INDEX_FILE = "index.faiss"
+#: The HNSW graph over an IVF index's centroids that early-stop stages search (optional).
+STAGE_GRAPH_FILE = "stage_graph.faiss"
 ROW_ENTITY_FILE = "row_entity.npy"
 VECTORS_FILE = "vectors.npy"
 MODEL_DIR = "model"

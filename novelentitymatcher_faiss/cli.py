@@ -288,6 +288,9 @@ def _info(args: argparse.Namespace) -> int:
                         for s in stop.get("then", []))  # fmt: skip
         print(f"early stop: top-1 queries probe {stop['nprobe']} lists first, stop on a margin "
               f"of {stop['margin']:.3f} over the next list{later}")  # fmt: skip
+        if stop.get("graph_ef_search"):
+            print(f"            stages find their lists in an HNSW graph over the centroids "
+                  f"(efSearch {stop['graph_ef_search']})")  # fmt: skip
     print(f"counts:     {counts['entities']} entities, {counts['vectors']} vectors")
     print(f"size:       {size / 1e6:.1f} MB in {len(manifest['files'])} files")
     print(f"built:      {manifest.get('created_at')} in {manifest.get('build_seconds')} s")

@@ -25,6 +25,7 @@ from .artifact import (
     INDEX_FILE,
     MODEL_DIR,
     ROW_ENTITY_FILE,
+    STAGE_GRAPH_FILE,
     VECTORS_FILE,
     check_files,
     member,
@@ -163,6 +164,7 @@ class MatchIndex:
         if self.vectors is not None:
             advise_random(self.vectors)  # re-rank reads a few scattered rows per query
         self._check_consistency(info)
+        self.stage_quantizer = self._open_stage_graph()
         self._encoder = encoder
         self._encoder_checked = False
         self._lock = threading.Lock()
@@ -205,6 +207,30 @@ class MatchIndex:
             raise ArtifactCorruptError(
                 f"{where}: " + "; ".join(problems) + "; rebuild the artifact"
             )
+
+    def _open_stage_graph(self) -> Any:
+        """The early-stop stages' HNSW graph over the IVF centroids (read into RAM: nlist
+        x d float32 plus the links), or None when the stages use the flat quantizer."""
+        import faiss
+
+        if self.early_stop is None or not self.early_stop.graph_ef_search:
+            return None
+        where = self.path / "manifest.json"
+        if not isinstance(self.index, faiss.IndexIVF):
+            raise ArtifactCorruptError(f"{where}: early_stop has a stage graph, the index no lists")
+        graph = open_faiss_index(member(self.path, STAGE_GRAPH_FILE), mmap=False)
+        if (
+            not isinstance(graph, faiss.IndexHNSW)
+            or graph.ntotal != self.index.nlist
+            or graph.d != self.index.d
+            or graph.metric_type != self.index.metric_type
+        ):
+            raise ArtifactCorruptError(
+                f"{where}: {STAGE_GRAPH_FILE} is not an HNSW graph of the index's "
+                f"{self.index.nlist} centroids of {self.index.d}-d; rebuild the artifact"
+            )
+        graph.hnsw.efSearch = self.early_stop.graph_ef_search
+        return graph
 
     def _open_layers(self, info: dict[str, Any], mmap: bool) -> None:
         """Open the ``layer-NNN/`` sub-artifacts and apply every segment's hidden mask."""
@@ -488,7 +514,8 @@ class MatchIndex:
             "nprobe": nprobe, "vectors": self.vectors, "rerank": self._rerank, "spill": self.spill
         }
         if self._selector is None:
-            return search(self.index, vectors, fetch, early=early, **options)
+            return search(self.index, vectors, fetch, early=early,
+                          stage_quantizer=self.stage_quantizer, **options)  # fmt: skip
         if not isinstance(self.index, faiss.IndexFlat):
             return search(self.index, vectors, fetch, selector=self._selector, **options)
         wide = min(self.n_vectors, 2 * fetch + HIDDEN_SLACK)

@@ -27,19 +27,23 @@ class EarlyStop:
     nearest list not probed by at least ``margin``. The others go on to each later stage
     ``(nprobe, margin)`` of ``then`` in turn (the same rule, wider), and those left after
     the last stage to the rest of the full nprobe. Every value is measured at build time
-    (see :func:`~novelentitymatcher_faiss.build.tune_early_stop`)."""
+    (see :func:`~novelentitymatcher_faiss.build.tune_early_stop`). ``graph_ef_search`` > 0:
+    the stages find their lists with the artifact's HNSW graph over the centroids at that
+    efSearch (``STAGE_GRAPH_FILE``), not the index's flat quantizer."""
 
     nprobe: int
     margin: float
     then: tuple[tuple[int, float], ...] = ()
+    graph_ef_search: int = 0
 
     def stages(self) -> list[tuple[int, float]]:
         """Every stage, (lists probed so far int, stop margin float), narrowest first."""
         return [(self.nprobe, self.margin), *self.then]
 
     def to_dict(self) -> dict[str, Any]:
+        graph = {"graph_ef_search": self.graph_ef_search} if self.graph_ef_search else {}
         return {"nprobe": self.nprobe, "margin": self.margin,
-                "then": [{"nprobe": n, "margin": m} for n, m in self.then]}  # fmt: skip
+                "then": [{"nprobe": n, "margin": m} for n, m in self.then], **graph}  # fmt: skip
 
     @staticmethod
     def stops(best: np.ndarray, coarse: np.ndarray, stage: tuple[int, float]) -> np.ndarray:
@@ -63,8 +67,11 @@ class EarlyStop:
         widths = [entry["nprobe"] for entry in stages]
         if widths != sorted(set(widths)):
             raise ValueError(f"early_stop stages must probe more lists each, got {widths}")
+        ef = data.get("graph_ef_search", 0)  # absent in artifacts of earlier versions
+        if not isinstance(ef, int) or isinstance(ef, bool) or ef < 0:
+            raise ValueError(f"early_stop graph_ef_search must be an int >= 0, got {ef!r}")
         rest = tuple((entry["nprobe"], float(entry["margin"])) for entry in stages[1:])
-        return cls(data["nprobe"], float(data["margin"]), rest)
+        return cls(data["nprobe"], float(data["margin"]), rest, ef)
 
 
 def search_work(index, nq: int, nprobe: int | None) -> int:  # noqa: ANN001 - a faiss.Index
@@ -121,6 +128,7 @@ def search(
     selector=None,  # noqa: ANN001 - a faiss.IDSelector
     spill: int = 1,
     early: EarlyStop | None = None,
+    stage_quantizer=None,  # noqa: ANN001 - a faiss.Index over the IVF centroids
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` inner-product search; returns (scores float32 (nq, k), rows int64 (nq, k)).
 
@@ -133,7 +141,9 @@ def search(
     OpenMP thread, where starting more threads costs more than it saves; the calling
     thread's OpenMP setting, which torch shares, is restored before returning.
     ``early`` (top-1 searches of a bare IVF index with ``nprobe`` set, no ``selector``):
-    staged probing, see :class:`EarlyStop`.
+    staged probing, see :class:`EarlyStop`; ``stage_quantizer`` (an index over the IVF centroids,
+    whose row i is list i, such as an HNSW graph) finds the stages' lists, default the IVF
+    index's own quantizer.
     """
     import faiss
 
@@ -150,7 +160,7 @@ def search(
     try:
         if staged:
             exact = vectors if fetch > k else None
-            return _search_staged(index, queries, fetch, nprobe, early, exact)
+            return _search_staged(index, queries, fetch, nprobe, early, exact, stage_quantizer)
         params = search_params(index, nprobe, selector)
         scores, rows = index.search(queries, fetch, params=params)
     finally:
@@ -167,38 +177,42 @@ def _search_staged(
     nprobe: int,
     early: EarlyStop,
     vectors: np.ndarray | None,
+    stage_quantizer=None,  # noqa: ANN001 - a faiss.Index over the IVF centroids
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-1 (scores, rows) float32/int64 (nq, 1) of :func:`search` with ``early``.
 
-    One coarse-quantizer search finds each query's nearest lists up to the last stage's
-    (and the next one, for its margin). Each stage scans the next lists of the queries still
-    going and keeps each query's best hit so far (re-ranked against ``vectors`` when given);
-    a query stops when that hit beats the centroid score of its next list by the stage's
-    margin. Queries left after the last stage search the quantizer again for all ``nprobe``
-    lists and scan those not yet scanned. The best of every stage's hits is the best of one
-    pass over all the lists the query probed. (Asking the flat quantizer for 49 lists
-    instead of 384 took 0.15 against 0.23 ms of 4,558 x 512-d centroids, one query.)
+    One search of ``stage_quantizer`` (default: the coarse quantizer) finds each query's
+    nearest lists up to the last stage's (and the next one, for its margin). Each stage
+    scans the next lists of the queries still going and keeps each query's best hit so far
+    (re-ranked against ``vectors`` when given); a query stops when that hit beats the
+    centroid score of its next list by the stage's margin. Queries left after the last stage
+    search the exact coarse quantizer for all ``nprobe`` lists and scan those not yet
+    scanned. The best of every stage's hits is the best of one pass over all the lists the
+    query probed. (Asking the flat quantizer for 49 lists instead of 384 took 0.15 against
+    0.23 ms of 4,558 x 512-d centroids, one query; an HNSW graph over them 0.25 against
+    0.66 ms flat on a slower machine, docs/benchmarks.md.)
     """
     nprobe = min(nprobe, ivf.nlist)
-    stages = [stage for stage in early.stages() if stage[0] < nprobe]
-    coarse, lists = ivf.quantizer.search(queries, stages[-1][0] + 1)
+    plan = [stage for stage in early.stages() if stage[0] < nprobe]
+    quantizer = ivf.quantizer if stage_quantizer is None else stage_quantizer
+    coarse, lists = quantizer.search(queries, plan[-1][0] + 1)
     best = np.full((len(queries), 1), -np.inf, dtype=np.float32)
     best_rows = np.full((len(queries), 1), -1, dtype=np.int64)
     going, done = np.arange(len(queries)), 0
-    for probed, margin in stages:
+    for probed, margin in plan:
         asked = queries[going]
-        found = _search_lists(
+        found = search_lists(
             ivf, asked, fetch, lists[going, done:probed], coarse[going, done:probed]
         )
-        _keep_better(best, best_rows, going, _best(asked, *found, vectors))
+        _keep_better(best, best_rows, going, best_of(asked, *found, vectors))
         going = going[~EarlyStop.stops(best[going, 0], coarse[going], (probed, margin))]
         done = probed
         if not len(going):
             return best, best_rows
     asked = queries[going]
     coarse, rest = ivf.quantizer.search(asked, nprobe)
-    found = _search_lists(ivf, asked, fetch, _not_probed(rest, lists[going, :done]), coarse)
-    _keep_better(best, best_rows, going, _best(asked, *found, vectors))
+    found = search_lists(ivf, asked, fetch, _not_probed(rest, lists[going, :done]), coarse)
+    _keep_better(best, best_rows, going, best_of(asked, *found, vectors))
     return best, best_rows
 
 
@@ -225,7 +239,7 @@ def _not_probed(lists: np.ndarray, probed: np.ndarray) -> np.ndarray:
     return out
 
 
-def _search_lists(
+def search_lists(
     ivf,  # noqa: ANN001 - a faiss.IndexIVF
     queries: np.ndarray,
     fetch: int,
@@ -250,7 +264,7 @@ def _search_lists(
     return scores, rows
 
 
-def _best(
+def best_of(
     queries: np.ndarray, scores: np.ndarray, rows: np.ndarray, vectors: np.ndarray | None
 ) -> tuple[np.ndarray, np.ndarray]:
     """The best candidate (scores, rows) (nq, 1) of (nq, c) candidates: re-ranked exactly

@@ -40,6 +40,7 @@ from .artifact import (
     INDEX_FILE,
     MANIFEST,
     MODEL_DIR,
+    STAGE_GRAPH_FILE,
     VECTORS_FILE,
     atomic_directory,
     file_records,
@@ -300,6 +301,8 @@ def _write_compacted(old: MatchIndex, tmp: Path, change: _Change) -> None:
     del index, vectors, new_vectors
     if old.vectors is None:
         (tmp / VECTORS_FILE).unlink()
+    if (old.path / STAGE_GRAPH_FILE).exists():  # the IVF centroids are kept: so is their graph
+        _link_or_copy(old.path / STAGE_GRAPH_FILE, tmp / STAGE_GRAPH_FILE)
     if old.manifest["model"].get("bundled"):
         shutil.copytree(old.path / MODEL_DIR, tmp / MODEL_DIR)
     reused = int(kept_rows.sum())

@@ -12,7 +12,7 @@ import faiss
 import numpy as np
 import pytest
 
-from novelentitymatcher_faiss import ArtifactCorruptError, build_index, load_index
+from novelentitymatcher_faiss import ArtifactCorruptError, ArtifactError, build_index, load_index
 from novelentitymatcher_faiss.build import lowest_safe_margin, plan_early_stop
 from novelentitymatcher_faiss.catalog import read_catalog
 from novelentitymatcher_faiss.lexical import featurize
@@ -211,3 +211,42 @@ def test_cli_info_shows_the_early_stop(built: dict) -> None:
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     assert "early stop" not in off
+
+
+@pytest.fixture(scope="module")
+def graphed(tmp_path_factory: pytest.TempPathFactory) -> object:
+    root = tmp_path_factory.mktemp("graph")
+    return build_index(PRODUCTS, root / "ivf", index_type="ivf", stage_graph=True, **OPTIONS)
+
+
+def test_a_stage_graph_is_stored_checked_and_keeps_top1(
+    graphed: object, built: dict, typos: list, tmp_path: Path
+) -> None:
+    from novelentitymatcher_faiss.artifact import STAGE_GRAPH_FILE, sha256_file
+
+    index = graphed
+    stop = index.manifest["index"]["early_stop"]
+    assert stop["graph_ef_search"] == index.early_stop.graph_ef_search > 0
+    assert STAGE_GRAPH_FILE in index.manifest["files"]
+    graph = index.stage_quantizer
+    assert isinstance(graph, faiss.IndexHNSW) and graph.ntotal == OPTIONS["nlist"]
+    assert (built["ivf"].path / STAGE_GRAPH_FILE).exists() is False  # default: flat, 32 lists
+    two = [hit["id"] for hit in index.match(typos)]
+    full = [hit["id"] for hit in index.match(typos, nprobe=index.nprobe)]
+    assert np.mean([a == b for a, b in zip(two, full, strict=True)]) >= 0.98
+    # a graph of other centroids is refused when the artifact opens
+    copy = tmp_path / "other"
+    shutil.copytree(index.path, copy)
+    wrong = faiss.IndexHNSWFlat(index.dim, 8, faiss.METRIC_INNER_PRODUCT)
+    wrong.add(np.eye(4, index.dim, dtype=np.float32))
+    faiss.write_index(wrong, str(copy / STAGE_GRAPH_FILE))
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["files"][STAGE_GRAPH_FILE]["size"] = (copy / STAGE_GRAPH_FILE).stat().st_size
+    manifest["files"][STAGE_GRAPH_FILE]["sha256"] = sha256_file(copy / STAGE_GRAPH_FILE)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactCorruptError, match="HNSW graph of the index's 32 centroids"):
+        load_index(copy, verify="fast")
+    # a missing graph file is a clear error too
+    (copy / STAGE_GRAPH_FILE).unlink()
+    with pytest.raises(ArtifactError, match=f"{STAGE_GRAPH_FILE}: listed in the manifest"):
+        load_index(copy)
