@@ -5,16 +5,19 @@ benchmarks/artifact_bench.py --sizes SIZE``) and times, on one thread, for one-l
 queries of the catalog's names (medians over ``--rounds`` rounds of each step's p50):
 
 * features: normalize the text and encode it (dense model plus lexical n-grams);
-* quantizer: the coarse quantizer's search for the lists to probe (IVF kinds only);
+* quantizer: the coarse quantizer's search for all nprobe lists (IVF kinds only);
+* stage_lists_K: with early stop, the stages' search for their K lists (the artifact's
+  HNSW stage graph where it has one, else the flat quantizer);
 * FAISS search: the index's ``search`` for the candidates the library asks for;
 * search: the library's search step (FAISS search plus exact re-rank where the kind has it);
 * match: the whole ``match(text)`` call, so ``match - features - search`` is the rest
   (input checks, best hit per entity, the result dict).
 
-With ``--hnsw-quantizer M`` (IVF kinds) the coarse quantizer is also swapped, in memory
-only, for an HNSW graph of degree M over the same centroids, searched at efSearch nprobe
-and 2 x nprobe: the quantizer and library search times and the recall@1 of the library
-search against exact search, beside the stored flat quantizer's.
+With ``--hnsw-quantizer M`` (IVF kinds) the coarse quantizer (the one the full-nprobe
+search uses) is also swapped, in memory only, for an HNSW graph of degree M over the same
+centroids, searched at efSearch nprobe and 2 x nprobe: the quantizer and library search
+times and the recall@1 of the library search against exact search, beside the stored flat
+quantizer's.
 
     python benchmarks/query_breakdown.py [--size 1M] [--kind ivf-pq] [--queries 300]
         [--hnsw-quantizer 32]
@@ -103,16 +106,29 @@ def early_stop_figures(index: Any, encoded: list[Any], options: dict[str, Any]) 
     import faiss
     import numpy as np
 
-    from novelentitymatcher_faiss.search import exact_knn, hits_at_k, search
+    from novelentitymatcher_faiss.search import (
+        best_of,
+        exact_knn,
+        fetch_count,
+        hits_at_k,
+        search,
+        search_lists,
+    )
 
     early, queries = index.early_stop, np.vstack(encoded)
-    _, staged = search(index.index, queries, 1, nprobe=index.nprobe, early=early, **options)
+    graph = index.stage_quantizer
+    _, staged = search(index.index, queries, 1, nprobe=index.nprobe, early=early,
+                       stage_quantizer=graph, **options)  # fmt: skip
     _, every = search(index.index, queries, 1, nprobe=index.nprobe, **options)
     stages = early.stages()
-    coarse, _ = faiss.extract_index_ivf(index.index).quantizer.search(queries, stages[-1][0] + 1)
+    ivf = faiss.extract_index_ivf(index.index)
+    coarse, lists = (graph or ivf.quantizer).search(queries, stages[-1][0] + 1)
+    fetch = fetch_count(ivf.ntotal, 1, options["rerank"] if options["vectors"] is not None else 0,
+                        options["spill"])  # fmt: skip
     going, stopped = np.ones(len(queries), dtype=bool), []
     for stage in stages:
-        best, _ = search(index.index, queries, 1, nprobe=stage[0], **options)
+        found = search_lists(ivf, queries, fetch, lists[:, : stage[0]], coarse[:, : stage[0]])
+        best, _ = best_of(queries, *found, options["vectors"])
         stop = going & early.stops(best[:, 0], coarse, stage)
         stopped.append(float(stop.mean()))
         going &= ~stop
@@ -186,9 +202,15 @@ def main(argv: list[str] | None = None) -> int:
     options = {"vectors": vectors, "rerank": rerank, "spill": spill}
 
     def library_search(q: Any, early: Any = None) -> Any:
-        return search(index.index, q, 1, nprobe=nprobe, early=early, **options)
+        return search(index.index, q, 1, nprobe=nprobe, early=early,
+                      stage_quantizer=index.stage_quantizer, **options)  # fmt: skip
 
     early = index.early_stop
+    if early is not None:  # the stages' own search for their lists (graph or flat)
+        stage_lists = early.stages()[-1][0] + 1
+        steps[f"stage_lists_{stage_lists}"] = p50_ms(
+            lambda q: (index.stage_quantizer or quantizer).search(q, stage_lists), encoded,
+            args.rounds)  # fmt: skip
     steps["search"] = p50_ms(lambda q: library_search(q, early), encoded, args.rounds)
     steps["match"] = p50_ms(index.match, texts, args.rounds)
     steps["rest"] = steps["match"] - steps["features"] - steps["search"]
