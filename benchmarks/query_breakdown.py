@@ -11,7 +11,9 @@ queries of the catalog's names (medians over ``--rounds`` rounds of each step's 
 * FAISS search: the index's ``search`` for the candidates the library asks for;
 * search: the library's search step (FAISS search plus exact re-rank where the kind has it);
 * match: the whole ``match(text)`` call, so ``match - features - search`` is the rest
-  (input checks, best hit per entity, the result dict).
+  (input checks, best hit per entity, the result dict);
+* search_2_threads, match_2_threads: the same with FAISS allowed two OpenMP threads, which
+  the list scans of a staged search use from ``PARALLEL_SCAN_MIN_VECTORS`` vectors on.
 
 With ``--hnsw-quantizer M`` (IVF kinds) the coarse quantizer (the one the full-nprobe
 search uses) is also swapped, in memory only, for an HNSW graph of degree M over the same
@@ -220,6 +222,10 @@ def main(argv: list[str] | None = None) -> int:
         steps["match_every_list"] = p50_ms(lambda t: index.match(t, nprobe=nprobe), texts,
                                            args.rounds)  # fmt: skip
         staged = early_stop_figures(index, encoded, options)
+    faiss_threads(2)  # the list scans of a staged search may use both (search_lists)
+    steps["search_2_threads"] = p50_ms(lambda q: library_search(q, early), encoded, args.rounds)
+    steps["match_2_threads"] = p50_ms(index.match, texts, args.rounds)
+    faiss_threads(1)
     for name, value in steps.items():
         print(f"  {name:<17} {value:7.3f} ms", flush=True)
     variants = []
@@ -259,6 +265,10 @@ def main(argv: list[str] | None = None) -> int:
                if "recall_at_1" in staged else ".")
             + " `*_every_list` steps: the same search with early stop off."
         )  # fmt: skip
+    markdown += (
+        "\n\n`*_2_threads` steps: the same with FAISS allowed two OpenMP threads (list scans"
+        " of at least `PARALLEL_SCAN_MIN_VECTORS` vectors use both).\n"
+    )
     if variants:
         key = "recall_at_1" if "recall_at_1" in variants[0] else "same_top1_as_flat"
         label = "recall@1" if key == "recall_at_1" else "top-1 same as flat quantizer"

@@ -18,6 +18,15 @@ from .arrays import prefetch, release_pages
 RERANK_MIN_CANDIDATES = 32
 #: Searches below this many multiply-adds (about a millisecond on one core) use one thread.
 SMALL_SEARCH_WORK = 20_000_000
+#: An IVF list scan (:func:`search_lists`) of at least this many vectors (queries x lists x
+#: the mean list length) runs on the caller's OpenMP threads, even for one query: at 1M,
+#: one query's 6 lists (about 2,500 vectors of 512-d float16) took 0.27-0.31 ms on two
+#: threads against 0.45-0.48 ms on one (docs/benchmarks.md).
+PARALLEL_SCAN_MIN_VECTORS = 1024
+#: FAISS's IVF ``parallel_mode`` for list scans: split over queries and lists. In FAISS's
+#: default, 0, ``search_preassigned`` never starts threads (only ``search`` splits queries),
+#: so staged batches ran on one core; whole searches are as fast in 2 as in 0 (measured).
+IVF_PARALLEL_MODE = 2
 
 
 @dataclass(frozen=True)
@@ -138,8 +147,9 @@ def search(
     filing each vector under ``spill`` lists can return a row ``spill`` times) and re-scored
     exactly against the stored vectors.
     Small searches (one query, or under ``SMALL_SEARCH_WORK`` multiply-adds) run on one
-    OpenMP thread, where starting more threads costs more than it saves; the calling
-    thread's OpenMP setting, which torch shares, is restored before returning.
+    OpenMP thread, where starting more threads costs more than it saves, except the list
+    scans of a staged search (:func:`search_lists`); the calling thread's OpenMP setting,
+    which torch shares, is restored before returning.
     ``early`` (top-1 searches of a bare IVF index with ``nprobe`` set, no ``selector``):
     staged probing, see :class:`EarlyStop`; ``stage_quantizer`` (an index over the IVF centroids,
     whose row i is list i, such as an HNSW graph) finds the stages' lists, default the IVF
@@ -160,7 +170,9 @@ def search(
     try:
         if staged:
             exact = vectors if fetch > k else None
-            return _search_staged(index, queries, fetch, nprobe, early, exact, stage_quantizer)
+            return _search_staged(
+                index, queries, fetch, nprobe, early, exact, stage_quantizer, threads
+            )
         params = search_params(index, nprobe, selector)
         scores, rows = index.search(queries, fetch, params=params)
     finally:
@@ -178,8 +190,10 @@ def _search_staged(
     early: EarlyStop,
     vectors: np.ndarray | None,
     stage_quantizer=None,  # noqa: ANN001 - a faiss.Index over the IVF centroids
+    threads: int = 1,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Top-1 (scores, rows) float32/int64 (nq, 1) of :func:`search` with ``early``.
+    """Top-1 (scores, rows) float32/int64 (nq, 1) of :func:`search` with ``early``; list
+    scans may use ``threads`` OpenMP threads (see :func:`search_lists`).
 
     One search of ``stage_quantizer`` (default: the coarse quantizer) finds each query's
     nearest lists up to the last stage's (and the next one, for its margin). Each stage
@@ -202,7 +216,7 @@ def _search_staged(
     for probed, margin in plan:
         asked = queries[going]
         found = search_lists(
-            ivf, asked, fetch, lists[going, done:probed], coarse[going, done:probed]
+            ivf, asked, fetch, lists[going, done:probed], coarse[going, done:probed], threads
         )
         _keep_better(best, best_rows, going, best_of(asked, *found, vectors))
         going = going[~EarlyStop.stops(best[going, 0], coarse[going], (probed, margin))]
@@ -211,7 +225,8 @@ def _search_staged(
             return best, best_rows
     asked = queries[going]
     coarse, rest = ivf.quantizer.search(asked, nprobe)
-    found = search_lists(ivf, asked, fetch, _not_probed(rest, lists[going, :done]), coarse)
+    unseen = _not_probed(rest, lists[going, :done])
+    found = search_lists(ivf, asked, fetch, unseen, coarse, threads)
     _keep_better(best, best_rows, going, best_of(asked, *found, vectors))
     return best, best_rows
 
@@ -245,10 +260,17 @@ def search_lists(
     fetch: int,
     lists: np.ndarray,
     coarse: np.ndarray,
+    threads: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """FAISS's ``search_preassigned``: the top ``fetch`` (scores, rows) (nq, fetch) of
     ``queries`` within the given ``lists`` int64 (nq, p), ``coarse`` float32 (nq, p) their
-    centroid scores."""
+    centroid scores (a list -1 is skipped).
+
+    Scans of at least ``PARALLEL_SCAN_MIN_VECTORS`` vectors (by the mean list length) run
+    on ``threads`` OpenMP threads (default: the caller's setting), split over queries and
+    lists, smaller ones on one; the caller's setting is restored. Sets ``ivf.parallel_mode``
+    to ``IVF_PARALLEL_MODE`` (on the first call; the same value from any thread).
+    """
     import faiss
 
     nq, probes = lists.shape
@@ -256,11 +278,19 @@ def search_lists(
     coarse = np.ascontiguousarray(coarse, dtype=np.float32)
     scores = np.empty((nq, fetch), dtype=np.float32)
     rows = np.empty((nq, fetch), dtype=np.int64)
-    ivf.search_preassigned_c(
-        nq, faiss.swig_ptr(queries), fetch, faiss.swig_ptr(lists), faiss.swig_ptr(coarse),
-        faiss.swig_ptr(scores), faiss.swig_ptr(rows), False,
-        faiss.SearchParametersIVF(nprobe=probes),
-    )  # fmt: skip
+    if ivf.parallel_mode != IVF_PARALLEL_MODE:
+        ivf.parallel_mode = IVF_PARALLEL_MODE
+    previous = faiss.omp_get_max_threads()
+    scanned = nq * probes * ivf.ntotal // max(1, ivf.nlist)
+    faiss.omp_set_num_threads((threads or previous) if scanned >= PARALLEL_SCAN_MIN_VECTORS else 1)
+    try:
+        ivf.search_preassigned_c(
+            nq, faiss.swig_ptr(queries), fetch, faiss.swig_ptr(lists), faiss.swig_ptr(coarse),
+            faiss.swig_ptr(scores), faiss.swig_ptr(rows), False,
+            faiss.SearchParametersIVF(nprobe=probes),
+        )  # fmt: skip
+    finally:
+        faiss.omp_set_num_threads(previous)
     return scores, rows
 
 

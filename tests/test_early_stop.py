@@ -250,3 +250,30 @@ def test_a_stage_graph_is_stored_checked_and_keeps_top1(
     (copy / STAGE_GRAPH_FILE).unlink()
     with pytest.raises(ArtifactError, match=f"{STAGE_GRAPH_FILE}: listed in the manifest"):
         load_index(copy)
+
+
+@pytest.mark.parametrize("kind", ["pq", "ivf"])
+def test_list_scans_on_two_threads_find_what_one_thread_finds(
+    built: dict, typos: list, kind: str
+) -> None:
+    """search_lists splits a large scan over queries and lists (FAISS parallel_mode 2):
+    the same hits as one thread, and the caller's OpenMP setting comes back unchanged."""
+    from novelentitymatcher_faiss.search import IVF_PARALLEL_MODE, search_lists
+
+    index = built[kind]
+    ivf = faiss.extract_index_ivf(index.index)
+    queries = encoded(index, typos[:64])
+    coarse, lists = ivf.quantizer.search(queries, index.nprobe)
+    assert len(queries) * index.nprobe * ivf.ntotal // ivf.nlist >= 1024  # a threaded scan
+    before = faiss.omp_get_max_threads()
+    one = search_lists(ivf, queries, 8, lists, coarse, threads=1)
+    two = search_lists(ivf, queries, 8, lists, coarse, threads=2)
+    assert faiss.omp_get_max_threads() == before
+    assert ivf.parallel_mode == IVF_PARALLEL_MODE
+    np.testing.assert_allclose(two[0], one[0], rtol=1e-6, atol=1e-6)
+    assert np.mean(two[1] == one[1]) >= 0.99  # rows may swap only where scores tie
+    full = ivf.search(queries, 8, params=faiss.SearchParametersIVF(nprobe=index.nprobe))
+    np.testing.assert_allclose(two[0], full[0], rtol=1e-5, atol=1e-5)
+    # one query across its lists: threaded too, the same best hit as the batch gave it
+    single = search_lists(ivf, queries[:1], 8, lists[:1], coarse[:1], threads=2)
+    assert single[1][0, 0] == one[1][0, 0]
