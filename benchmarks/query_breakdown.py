@@ -59,14 +59,11 @@ def threads_p50_ms(step: Callable[[Any], Any], inputs: list[Any], rounds: int) -
     """[one thread, two threads]: :func:`p50_ms` of ``step`` with FAISS on 1 and on 2
     OpenMP threads, in alternating passes (order swapped each round), so both see the same
     machine noise and the same page cache. Leaves FAISS on one thread."""
-    from artifact_bench import latencies_ms
-
     passes: list[list[float]] = [[], []]
     for turn in range(rounds):
         for threads in (1, 2) if turn % 2 == 0 else (2, 1):
             faiss_threads(threads)
-            step(inputs[0])
-            passes[threads - 1].append(statistics.median(latencies_ms(step, inputs)))
+            passes[threads - 1].append(p50_ms(step, inputs, 1))
     faiss_threads(1)
     return [statistics.median(times) for times in passes]
 
@@ -143,21 +140,17 @@ def quantizer_variants(
     return out
 
 
-def early_stop_figures(index: Any, encoded: list[Any], options: dict[str, Any]) -> dict[str, Any]:
+def early_stop_figures(
+    index: Any, encoded: list[Any], options: dict[str, Any], fetch: int
+) -> dict[str, Any]:
     """For the artifact's early stop: the share of queries that stop after each stage, the
     top-1 agreement with a search of every list, and both searches' recall@1 against exact
-    search (when the artifact stores its vectors). ``options``: :func:`search`'s."""
+    search (when the artifact stores its vectors). ``options``: :func:`search`'s; ``fetch``:
+    the candidates it asks for per query (:func:`fetch_count`)."""
     import faiss
     import numpy as np
 
-    from novelentitymatcher_faiss.search import (
-        best_of,
-        exact_knn,
-        fetch_count,
-        hits_at_k,
-        search,
-        search_lists,
-    )
+    from novelentitymatcher_faiss.search import best_of, exact_knn, hits_at_k, search, search_lists
 
     early, queries = index.early_stop, np.vstack(encoded)
     graph = index.stage_quantizer
@@ -167,8 +160,6 @@ def early_stop_figures(index: Any, encoded: list[Any], options: dict[str, Any]) 
     stages = early.stages()
     ivf = faiss.extract_index_ivf(index.index)
     coarse, lists = (graph or ivf.quantizer).search(queries, stages[-1][0] + 1)
-    fetch = fetch_count(ivf.ntotal, 1, options["rerank"] if options["vectors"] is not None else 0,
-                        options["spill"])  # fmt: skip
     going, stopped = np.ones(len(queries), dtype=bool), []
     for stage in stages:
         found = search_lists(ivf, queries, fetch, lists[:, : stage[0]], coarse[:, : stage[0]])
@@ -263,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         steps["search_every_list"] = p50_ms(library_search, encoded, args.rounds)
         steps["match_every_list"] = p50_ms(lambda t: index.match(t, nprobe=nprobe), texts,
                                            args.rounds)  # fmt: skip
-        staged = early_stop_figures(index, encoded, options)
+        staged = early_stop_figures(index, encoded, options, fetch)
     # the list scans of a staged search may use both threads (search_lists)
     steps["search_1_thread_paired"], steps["search_2_threads"] = threads_p50_ms(
         lambda q: library_search(q, early), encoded, args.rounds)  # fmt: skip

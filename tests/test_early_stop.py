@@ -258,13 +258,18 @@ def test_list_scans_on_two_threads_find_what_one_thread_finds(
 ) -> None:
     """search_lists splits a large scan over queries and lists (FAISS parallel_mode 2):
     the same hits as one thread, and the caller's OpenMP setting comes back unchanged."""
-    from novelentitymatcher_faiss.search import IVF_PARALLEL_MODE, search_lists
+    from novelentitymatcher_faiss.search import (
+        IVF_PARALLEL_MODE,
+        PARALLEL_SCAN_MIN_VECTORS,
+        search_lists,
+    )
 
     index = built[kind]
     ivf = faiss.extract_index_ivf(index.index)
     queries = encoded(index, typos[:64])
     coarse, lists = ivf.quantizer.search(queries, index.nprobe)
-    assert len(queries) * index.nprobe * ivf.ntotal // ivf.nlist >= 1024  # a threaded scan
+    threaded = len(queries) * index.nprobe * ivf.ntotal // ivf.nlist
+    assert threaded >= PARALLEL_SCAN_MIN_VECTORS  # the batch scan below is threaded
     before = faiss.omp_get_max_threads()
     one = search_lists(ivf, queries, 8, lists, coarse, threads=1)
     two = search_lists(ivf, queries, 8, lists, coarse, threads=2)
@@ -274,6 +279,7 @@ def test_list_scans_on_two_threads_find_what_one_thread_finds(
     assert np.mean(two[1] == one[1]) >= 0.99  # rows may swap only where scores tie
     full = ivf.search(queries, 8, params=faiss.SearchParametersIVF(nprobe=index.nprobe))
     np.testing.assert_allclose(two[0], full[0], rtol=1e-5, atol=1e-5)
-    # one query across its lists: threaded too, the same best hit as the batch gave it
+    # one query across its lists (threaded where they hold PARALLEL_SCAN_MIN_VECTORS:
+    # ivf-pq here, two lists per vector): the same best hit as the batch gave it
     single = search_lists(ivf, queries[:1], 8, lists[:1], coarse[:1], threads=2)
     assert single[1][0, 0] == one[1][0, 0]
