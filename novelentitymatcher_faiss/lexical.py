@@ -2,7 +2,11 @@
 
 ``lexical_vectors`` maps each text to a float32 vector of ``dim`` buckets: accents folded,
 words padded with spaces, every character n-gram in ``[ngram_min, ngram_max]`` hashed
-(polynomial hash, multiplicative mix) into a bucket, counts L2-normalized. ``combine`` concatenates
+(polynomial hash, multiplicative mix) into a bucket, counts L2-normalized. With
+``phonetic`` (the default), the n-grams of each word's spelling key and consonant skeleton
+(:func:`spelling_forms`) are counted too, in hash spaces of their own, so that spelling
+variants across languages ("Kanada" / "Canada", "Marokko" / "Morocco") share buckets.
+``combine`` concatenates
 ``sqrt(1 - weight) * dense`` and ``sqrt(weight) * lexical``, so for unit vectors the inner
 product of two combined vectors is ``(1 - weight) * cos_dense + weight * cos_lexical``: one
 FAISS index serves both channels, and scores stay in [-1, 1].
@@ -23,38 +27,55 @@ from .encoders import Encoder, normalize_rows
 
 #: Names the hashing scheme; a change of scheme must change this name.
 HASH_NAME = "poly1000003-mix9e3779b1-v1"
+#: Names the features: n-grams of the folded words only, or also of their spelling forms
+#: (:func:`spelling_forms`); a change of the spelling rules must change the second name.
+PLAIN_FEATURES = "char_wb"
+PHONETIC_FEATURES = "char_wb+spelling-v1"
 
 
 @dataclass(frozen=True)
 class LexicalSettings:
-    """How the lexical channel is built; recorded in the manifest, reused by every query."""
+    """How the lexical channel is built; recorded in the manifest, reused by every query.
+
+    ``phonetic``: also count the n-grams of each word's spelling key and consonant skeleton
+    (:func:`spelling_forms`); artifacts written before it existed read as False.
+    """
 
     ngram_min: int = 2
     ngram_max: int = 3
     dim: int = 256
-    weight: float = 0.7
+    weight: float = 0.8
+    phonetic: bool = True
 
     def __post_init__(self) -> None:
         if not 1 <= self.ngram_min <= self.ngram_max <= 8:
             raise ValueError(f"need 1 <= ngram_min <= ngram_max <= 8, got {self}")
         if self.dim < 1:
             raise ValueError(f"lexical dim must be >= 1, got {self.dim}")
+        if not isinstance(self.phonetic, bool):
+            raise ValueError(f"lexical phonetic must be True or False, got {self.phonetic!r}")
         if not 0.0 <= self.weight <= 1.0:
             raise ValueError(f"lexical weight must be within [0, 1], got {self.weight}")
 
     def to_dict(self) -> dict[str, float | int | str]:
-        return {**asdict(self), "hash": HASH_NAME, "features": "char_wb"}
+        """The manifest entry; ``phonetic`` is recorded as the ``features`` name."""
+        data: dict[str, float | int | str] = asdict(self)
+        del data["phonetic"]
+        features = PHONETIC_FEATURES if self.phonetic else PLAIN_FEATURES
+        return {**data, "hash": HASH_NAME, "features": features}
 
     @classmethod
     def from_dict(cls, data: dict) -> LexicalSettings:
-        if data.get("hash") != HASH_NAME or data.get("features") != "char_wb":
+        features = data.get("features")
+        if data.get("hash") != HASH_NAME or features not in (PLAIN_FEATURES, PHONETIC_FEATURES):
             raise ValueError(
-                f"unsupported lexical hashing {data.get('hash')}/{data.get('features')}; "
+                f"unsupported lexical hashing {data.get('hash')}/{features}; "
                 "this artifact needs a newer novelentitymatcher-faiss"
             )
         return cls(
-            int(data["ngram_min"]), int(data["ngram_max"]), int(data["dim"]), float(data["weight"])
-        )
+            int(data["ngram_min"]), int(data["ngram_max"]), int(data["dim"]),
+            float(data["weight"]), features == PHONETIC_FEATURES,
+        )  # fmt: skip
 
 
 _COMBINING = re.compile("[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f]")
@@ -70,16 +91,50 @@ def fold(text: str) -> str:
     return _COMBINING.sub("", unicodedata.normalize("NFKD", text.lower()))
 
 
-def _codepoints(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Joined, folded codepoints uint32 and the text row of each codepoint int64.
-
-    Each text becomes ``" word word "`` (single spaces) followed by a 0 separator.
-    """
+def _folded_join(texts: Sequence[str]) -> str:
+    """The texts folded and joined: each becomes ``" word word "`` (single spaces, as far as
+    folding keeps them) followed by a 0 separator."""
     joined = "\0".join(" " + " ".join(text.replace("\0", " ").split()) + " " for text in texts)
-    codes = np.frombuffer(fold(joined + "\0").encode("utf-32-le"), dtype=np.uint32)
-    is_sep = codes == _SEPARATOR
-    rows = np.cumsum(is_sep) - is_sep  # a text's separator still belongs to that text
-    return codes, rows
+    return fold(joined + "\0")
+
+
+def _codes(joined: str) -> np.ndarray:
+    return np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32)
+
+
+#: The spelling key's rewrites: these first, in order, on the folded text ...
+_DIGRAPHS = (("ph", "f"), ("th", "t"), ("ck", "k"), ("qu", "k"), ("x", "ks"), ("ß", "ss"))
+#: ... then these single letters (a codepoint table, so the batch path maps arrays).
+_LETTERS = {"c": "k", "q": "k", "z": "s", "w": "v", "y": "i", "j": "i"}
+_LETTER_TABLE = np.arange(128, dtype=np.uint32)
+_LETTER_TABLE[[ord(a) for a in _LETTERS]] = [ord(b) for b in _LETTERS.values()]
+_TRANSLATE = str.maketrans(_LETTERS)
+_REPEATS = re.compile(r"([^ \0])\1+")
+_SKELETON_DROPS = re.compile(r"(?<=[^ \0])[aeiouh]")
+_DROPPED = np.array([ord(ch) for ch in "aeiouh"], dtype=np.uint32)
+#: The hash of an n-gram of spelling form c (1: key, 2: skeleton) starts at n + c * this,
+#: not n (n <= 8), so the three kinds of n-gram never share a hash.
+_FORM_SEED = 16
+
+
+def _digraphs(folded: str) -> str:
+    for old, new in _DIGRAPHS:
+        if old in folded:
+            folded = folded.replace(old, new)
+    return folded
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def spelling_forms(word: str) -> tuple[str, str]:
+    """(spelling key, consonant skeleton) of a word, folded.
+
+    The key rewrites letters that spell the same sound across Latin-script languages
+    (ph->f, th->t, ck/qu/q/c->k, z->s, w->v, y/j->i, x->ks, ß->ss) and collapses repeated
+    letters; the skeleton drops a, e, i, o, u and h from the key but at the word's start:
+    'Marokko' and 'Morocco' -> ('maroko', 'mrk') and ('moroko', 'mrk').
+    """
+    key = _REPEATS.sub(r"\1", _digraphs(fold(word)).translate(_TRANSLATE))
+    return key, _SKELETON_DROPS.sub("", key)
 
 
 def lexical_vectors(texts: Sequence[str], settings: LexicalSettings) -> np.ndarray:
@@ -87,22 +142,42 @@ def lexical_vectors(texts: Sequence[str], settings: LexicalSettings) -> np.ndarr
 
     A window of n codepoints counts when it holds no separator and no space except at its
     two ends (so n-grams stay inside one space-padded word); its polynomial hash, mixed and
-    reduced modulo ``dim``, picks the bucket. Vectorized over the whole batch.
+    reduced modulo ``dim``, picks the bucket. With ``settings.phonetic`` the windows of the
+    words' spelling forms (:func:`spelling_forms`) count too. Vectorized over the batch.
     """
     out = np.zeros((len(texts), settings.dim), dtype=np.float32)
     if len(texts) <= _SMALL_BATCH:
         for row, text in enumerate(texts):
             out[row] = np.bincount(_buckets(text, settings), minlength=settings.dim)
         return normalize_rows(out)
-    codes, rows = _codepoints(texts)
-    is_space = codes == _SPACE
+    joined = _folded_join(texts)
+    forms = [_codes(joined)]
+    if settings.phonetic:
+        key = _codes(_digraphs(joined)).copy()
+        ascii_ = key < len(_LETTER_TABLE)
+        key[ascii_] = _LETTER_TABLE[key[ascii_]]
+        letter = (key != _SPACE) & (key != _SEPARATOR)
+        key = key[np.concatenate(([True], ~(letter[1:] & (key[1:] == key[:-1]))))]
+        after_letter = np.concatenate(([False], (key[:-1] != _SPACE) & (key[:-1] != _SEPARATOR)))
+        forms += [key, key[~(after_letter & np.isin(key, _DROPPED))]]
+    cells = [_cells(codes, settings, form * _FORM_SEED) for form, codes in enumerate(forms)]
+    flat = np.bincount(np.concatenate(cells), minlength=out.size)
+    out[:] = flat.reshape(out.shape)
+    return normalize_rows(out)
+
+
+def _cells(codes: np.ndarray, settings: LexicalSettings, seed: int) -> np.ndarray:
+    """int64 ``row * dim + bucket`` of every counted window of joined ``codes`` (texts
+    ended by 0 separators); each hash starts at ``n + seed``."""
     is_sep = codes == _SEPARATOR
-    cells: list[np.ndarray] = []
+    rows = np.cumsum(is_sep) - is_sep  # a text's separator still belongs to that text
+    is_space = codes == _SPACE
+    cells: list[np.ndarray] = [np.zeros(0, dtype=np.int64)]
     for n in range(settings.ngram_min, settings.ngram_max + 1):
         count = len(codes) - n + 1
         if count <= 0:
             continue
-        hashed = np.full(count, np.uint32(n), dtype=np.uint32)
+        hashed = np.full(count, np.uint32(n + seed), dtype=np.uint32)
         bad = np.zeros(count, dtype=bool)
         for j in range(n):
             hashed = hashed * np.uint32(1_000_003) + codes[j : j + count]
@@ -114,27 +189,33 @@ def lexical_vectors(texts: Sequence[str], settings: LexicalSettings) -> np.ndarr
         keep = ~bad
         mixed = (hashed[keep] * _MIX) >> np.uint32(7)
         cells.append(rows[:count][keep] * settings.dim + (mixed % np.uint32(settings.dim)))
-    if cells:
-        flat = np.bincount(np.concatenate(cells), minlength=out.size)
-        out[:] = flat.reshape(out.shape)
-    return normalize_rows(out)
+    return np.concatenate(cells)
 
 
 def _buckets(text: str, settings: LexicalSettings) -> list[int]:
     """The same buckets as the vectorized path, for one text in plain Python (no overhead).
 
     No counted window crosses a space, so a text's buckets are the concatenation of its
-    space-padded words' buckets, which are cached (names share words).
+    space-padded words' buckets (and their spelling forms'), which are cached (names share
+    words).
     """
     found: list[int] = []
+    low, high, dim = settings.ngram_min, settings.ngram_max, settings.dim
     for word in text.replace("\0", " ").split():
-        found.extend(_word_buckets(word, settings.ngram_min, settings.ngram_max, settings.dim))
+        found.extend(_word_buckets(word, low, high, dim, 0))
+        if settings.phonetic:
+            key, skeleton = spelling_forms(word)
+            found.extend(_word_buckets(key, low, high, dim, _FORM_SEED))
+            found.extend(_word_buckets(skeleton, low, high, dim, 2 * _FORM_SEED))
     return found
 
 
 @functools.lru_cache(maxsize=1 << 16)
-def _word_buckets(word: str, ngram_min: int, ngram_max: int, dim: int) -> tuple[int, ...]:
-    """Buckets of the windows of ``" word "`` (folded) that hold no interior space."""
+def _word_buckets(
+    word: str, ngram_min: int, ngram_max: int, dim: int, seed: int
+) -> tuple[int, ...]:
+    """Buckets of the windows of ``" word "`` (folded) that hold no interior space; each
+    hash starts at ``n + seed``."""
     codes = [ord(ch) for ch in fold(" " + word + " ")]
     interior = _SPACE in codes[1:-1]  # folding can turn a mark into a space
     found = []
@@ -144,7 +225,7 @@ def _word_buckets(word: str, ngram_min: int, ngram_max: int, dim: int) -> tuple[
                 continue
             if n <= 2 and codes[i] == codes[i + n - 1] == _SPACE:
                 continue
-            hashed = n
+            hashed = n + seed
             for code in codes[i : i + n]:
                 hashed = (hashed * 1_000_003 + code) & 0xFFFFFFFF
             found.append((((hashed * _MIX_INT) & 0xFFFFFFFF) >> 7) % dim)

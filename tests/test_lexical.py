@@ -3,6 +3,7 @@
 import random
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -10,12 +11,19 @@ import pytest
 
 from novelentitymatcher_faiss import build_index, load_encoder, load_index
 from novelentitymatcher_faiss.catalog import read_catalog
-from novelentitymatcher_faiss.lexical import LexicalSettings, combine, featurize, lexical_vectors
+from novelentitymatcher_faiss.lexical import (
+    LexicalSettings,
+    combine,
+    featurize,
+    lexical_vectors,
+    spelling_forms,
+)
 from novelentitymatcher_faiss.normalize import normalize_text
 from novelentitymatcher_faiss.perturb import one_letter_typo
 
 DATA = Path(__file__).parent / "data"
 SETTINGS = LexicalSettings()
+PLAIN = LexicalSettings(phonetic=False)
 
 
 def test_vectors_are_unit_length_and_fold_accents():
@@ -36,15 +44,39 @@ def test_typos_stay_close_and_unrelated_names_do_not():
 
 
 def test_ngrams_do_not_cross_word_or_text_boundaries():
-    joined = lexical_vectors(["ab cd"], SETTINGS)[0]
-    parts = lexical_vectors(["ab", "cd"], SETTINGS)
-    # "ab cd" holds exactly the n-grams of " ab " and " cd " (no "b c" window)
-    both = parts[0] / np.linalg.norm(parts[0]) + parts[1] / np.linalg.norm(parts[1])
-    counts = lexical_vectors(["ab"], LexicalSettings(dim=4096))[0]
+    counts = lexical_vectors(["ab"], LexicalSettings(dim=4096, phonetic=False))[0]
     assert np.count_nonzero(counts) == 5  # " a", "ab", "b ", " ab", "ab "
-    np.testing.assert_allclose(joined, both / np.linalg.norm(both), atol=1e-6)
-    batch = lexical_vectors(["ab", "cd"], SETTINGS)
-    np.testing.assert_array_equal(batch, parts)
+    # the same five of the spelling key "ab" and of the skeleton "ab", hashed apart
+    assert np.count_nonzero(lexical_vectors(["ab"], LexicalSettings(dim=4096))[0]) == 15
+    for settings in (LexicalSettings(dim=4096), LexicalSettings(dim=4096, phonetic=False)):
+        # "ab cd" holds exactly the n-grams of " ab " and " cd " (no "b c" window); at 4096
+        # buckets each word's n-grams fall in buckets of their own (count 1)
+        joined = lexical_vectors(["ab cd"], settings)[0]
+        parts = lexical_vectors(["ab", "cd"], settings)
+        both = np.count_nonzero(parts, axis=0).astype(np.float32)
+        assert both.sum() == np.count_nonzero(parts) == 2 * 5 * (3 if settings.phonetic else 1)
+        np.testing.assert_allclose(joined, both / np.linalg.norm(both), atol=1e-6)
+        batch = lexical_vectors(["ab", "cd", "ab cd"], settings)
+        np.testing.assert_array_equal(batch, np.vstack([parts, joined]))
+
+
+def test_spelling_forms_bring_variants_across_languages_together():
+    assert spelling_forms("Marokko") == ("maroko", "mrk")
+    assert spelling_forms("Morocco") == ("moroko", "mrk")
+    assert spelling_forms("Kanada") == spelling_forms("Canada") == ("kanada", "knd")
+    assert spelling_forms("Phílippines") == ("filipines", "flpns")
+    pairs = [("Kanada", "Canada"), ("Marokko", "Morocco"), ("Kolumbien", "Colombia")]
+    for settings in (SETTINGS, PLAIN):
+        assert len(lexical_vectors([a for a, _ in pairs], settings)) == 3
+    for foreign, english in pairs:
+        with_forms = lexical_vectors([foreign, english], SETTINGS)
+        plain = lexical_vectors([foreign, english], PLAIN)
+        assert with_forms[0] @ with_forms[1] > plain[0] @ plain[1] + 0.1
+    # one text or a batch: the same vectors, with the forms as without
+    texts = ["Côte d'Ivoire", "Marokko", "", "São Tomé & Príncipe"]
+    for settings in (SETTINGS, PLAIN):
+        one_by_one = np.vstack([lexical_vectors([t], settings) for t in texts])
+        np.testing.assert_array_equal(lexical_vectors(texts, settings), one_by_one)
 
 
 def test_hashing_is_stable_across_processes():
@@ -84,6 +116,14 @@ def test_settings_are_checked_and_round_trip():
         LexicalSettings(ngram_min=4, ngram_max=2)
     custom = LexicalSettings(ngram_min=1, ngram_max=4, dim=64, weight=0.4)
     assert LexicalSettings.from_dict(custom.to_dict()) == custom
+    assert LexicalSettings.from_dict(PLAIN.to_dict()) == PLAIN
+    # a manifest entry of the version before spelling forms: plain n-grams, read as before
+    old = {"ngram_min": 2, "ngram_max": 3, "dim": 256, "weight": 0.7,
+           "hash": "poly1000003-mix9e3779b1-v1", "features": "char_wb"}  # fmt: skip
+    assert LexicalSettings.from_dict(old) == LexicalSettings(weight=0.7, phonetic=False)
+    assert "phonetic" not in custom.to_dict() and PLAIN.to_dict()["features"] == "char_wb"
+    with pytest.raises(ValueError, match="hashing"):
+        LexicalSettings.from_dict({**custom.to_dict(), "features": "char_wb+spelling-v9"})
     with pytest.raises(ValueError, match="hashing"):
         LexicalSettings.from_dict({**custom.to_dict(), "hash": "other"})
 
@@ -116,12 +156,18 @@ def test_lexical_channel_beats_dense_only_on_typos(tmp_path, typo_set):
 
 
 def test_explain_parts_add_up_and_artifact_settings_win(tmp_path):
-    custom = LexicalSettings(ngram_min=1, ngram_max=4, dim=128, weight=0.4)
+    custom = LexicalSettings(ngram_min=1, ngram_max=4, dim=128, weight=0.4, phonetic=False)
     built = build_index(
         DATA / "universities.csv", tmp_path / "x", lexical=custom, show_progress=False
     )
     index = load_index(built.path)
     assert index.lexical == custom and index.dim == index.model_dim + 128
+    query = normalize_text("Harvrd Univ")
+    stored = index.search_vectors(featurize([query], index.encoder, custom))[0][0]
+    assert index.match("Harvrd Univ")["score"] == pytest.approx(stored["score"], abs=1e-6)
+    spelled = featurize([query], index.encoder, replace(custom, phonetic=True))
+    other = index.search_vectors(spelled)[0][0]
+    assert other["score"] != pytest.approx(stored["score"], abs=1e-4)  # the plain n-grams won
     hits = index.match("harvrd univ", top_k=3, explain=True)
     for hit in hits:
         assert hit["weight"] == 0.4
