@@ -153,17 +153,24 @@ def lexical_vectors(texts: Sequence[str], settings: LexicalSettings) -> np.ndarr
     joined = _folded_join(texts)
     forms = [_codes(joined)]
     if settings.phonetic:
-        key = _codes(_digraphs(joined)).copy()
-        ascii_ = key < len(_LETTER_TABLE)
-        key[ascii_] = _LETTER_TABLE[key[ascii_]]
-        letter = (key != _SPACE) & (key != _SEPARATOR)
-        key = key[np.concatenate(([True], ~(letter[1:] & (key[1:] == key[:-1]))))]
-        after_letter = np.concatenate(([False], (key[:-1] != _SPACE) & (key[:-1] != _SEPARATOR)))
-        forms += [key, key[~(after_letter & np.isin(key, _DROPPED))]]
+        forms += _spelled_codes(joined)
     cells = [_cells(codes, settings, form * _FORM_SEED) for form, codes in enumerate(forms)]
     flat = np.bincount(np.concatenate(cells), minlength=out.size)
     out[:] = flat.reshape(out.shape)
     return normalize_rows(out)
+
+
+def _spelled_codes(joined: str) -> list[np.ndarray]:
+    """[key, skeleton] uint32 codepoints of a :func:`_folded_join` batch: the rules of
+    :func:`spelling_forms` on arrays (letters mapped by table, a letter equal to the one
+    before dropped, then a, e, i, o, u, h dropped after a letter)."""
+    key = _codes(_digraphs(joined)).copy()
+    ascii_ = key < len(_LETTER_TABLE)
+    key[ascii_] = _LETTER_TABLE[key[ascii_]]
+    letter = (key != _SPACE) & (key != _SEPARATOR)
+    key = key[np.concatenate(([True], ~(letter[1:] & (key[1:] == key[:-1]))))]
+    after_letter = np.concatenate(([False], (key[:-1] != _SPACE) & (key[:-1] != _SEPARATOR)))
+    return [key, key[~(after_letter & np.isin(key, _DROPPED))]]
 
 
 def _cells(codes: np.ndarray, settings: LexicalSettings, seed: int) -> np.ndarray:
