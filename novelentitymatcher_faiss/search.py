@@ -420,17 +420,24 @@ class ExactTopK:
         self.queries = np.ascontiguousarray(queries, dtype=np.float32)
         self.k = k
         self._heap = faiss.ResultHeap(len(self.queries), k, keep_max=True)
+        self._final = False
 
     def add(self, start: int, block: np.ndarray) -> None:
-        """Rows ``start .. start + len(block)`` of the matrix, float32 (b, d)."""
+        """Rows ``start .. start + len(block)`` of the matrix, float32 (b, d); not after
+        :meth:`result`."""
+        if self._final:
+            raise RuntimeError("ExactTopK.add after result()")
         scores = self.queries @ block.T
         kk = min(self.k, len(block))
         top = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
         self._heap.add_result(np.take_along_axis(scores, top, 1), top.astype(np.int64) + start)
 
     def result(self) -> tuple[np.ndarray, np.ndarray]:
-        """(scores float32 (nq, k), rows int64 (nq, k)), best first; -1 rows pad."""
-        self._heap.finalize()
+        """(scores float32 (nq, k), rows int64 (nq, k)), best first; -1 rows pad. The heap
+        is sorted once: FAISS's ``finalize`` on sorted rows would reorder them again."""
+        if not self._final:
+            self._heap.finalize()
+            self._final = True
         return self._heap.D, self._heap.I
 
 

@@ -18,7 +18,7 @@ from novelentitymatcher_faiss.catalog import read_catalog
 from novelentitymatcher_faiss.lexical import featurize
 from novelentitymatcher_faiss.normalize import normalize_text
 from novelentitymatcher_faiss.perturb import one_letter_typo
-from novelentitymatcher_faiss.search import EarlyStop, search
+from novelentitymatcher_faiss.search import EarlyStop, ExactTopK, search
 
 PRODUCTS = Path(__file__).parent / "data" / "products_mcc.csv"
 OPTIONS = {"nlist": 32, "nprobe": 16, "show_progress": False}
@@ -283,3 +283,21 @@ def test_list_scans_on_two_threads_find_what_one_thread_finds(
     # ivf-pq here, two lists per vector): the same best hit as the batch gave it
     single = search_lists(ivf, queries[:1], 8, lists[:1], coarse[:1], threads=2)
     assert single[1][0, 0] == one[1][0, 0]
+
+
+def test_exact_top_k_answers_the_same_on_every_call() -> None:
+    # nprobe and early-stop tuning both read the same ExactTopK: a second sort of the heap
+    # once made the second reader take the runner-up for the top hit
+    rng = np.random.default_rng(3)
+    vectors = rng.standard_normal((3000, 16)).astype(np.float32)
+    queries = rng.standard_normal((7, 16)).astype(np.float32)
+    exact = ExactTopK(queries, 10)
+    exact.add(0, vectors[:1000])
+    exact.add(1000, vectors[1000:])
+    want = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]
+    for _ in range(3):
+        scores, rows = exact.result()
+        assert np.array_equal(rows, want)
+        assert np.all(np.diff(scores, axis=1) <= 0)
+    with pytest.raises(RuntimeError, match="after result"):
+        exact.add(3000, vectors[:10])
