@@ -117,10 +117,10 @@ TOP1_TARGET = 0.99
 DEFAULT_SPILL = {"ivf-pq": 2}
 #: Early stopping (:class:`~novelentitymatcher_faiss.search.EarlyStop`) may lose at most this
 #: much of the full nprobe's recall@1 on the tuning queries, and fall at most this far under
-#: the recall@1 target nprobe is tuned to (0.99 -> 0.985). At 0.002, and never under 0.99,
-#: the 1M benchmark artifact (full nprobe 0.992) kept a plan whose median single query
-#: scanned 48 lists (1.09 ms; 347 q/s in a batch); at 0.005, 4 lists (0.48 ms; 962 q/s), with
-#: the same top-1 as probing every list for 99.7% of 300 typo'd names either way ...
+#: the recall@1 target nprobe is tuned to (0.99 -> 0.985). On the 1M benchmark artifact (full
+#: nprobe 0.993) a floor of 0.99 left 0.003 and kept plans whose median single query scanned
+#: 64-130 lists (1.3-2.4 ms library search); this budget keeps 12, 96, then 256 lists (0.60
+#: ms on two threads), 0.997 top-1 against exact search on 2,000 new typo'd names ...
 EARLY_STOP_MAX_LOSS = 0.005
 #: ... and is kept only when it probes at most this share of nprobe's lists per query.
 EARLY_STOP_MAX_COST = 0.75
