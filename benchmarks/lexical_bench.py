@@ -53,15 +53,30 @@ LOCALES = ("de", "fr", "es", "it", "pt", "nl", "sv", "da", "nb", "pl", "cs", "ro
            "tr", "id", "ca", "hr", "sk", "sl")  # fmt: skip
 #: Entity id prefixes of the CLDR tables (kept as before for the country variants set).
 KINDS = {"territories": "country", "languages": "language"}
-DEFAULT = LexicalSettings()
-SWEEP = [LexicalSettings(weight=w) for w in (0.6, 0.7, 0.9)] + [
-    LexicalSettings(phonetic=False, weight=w) for w in (0.7, 0.8)
-] + [
-    LexicalSettings(dim=128),
-    LexicalSettings(dim=512),
-    LexicalSettings(ngram_min=2, ngram_max=4),
-    LexicalSettings(ngram_min=1, ngram_max=4),
-]  # fmt: skip
+
+
+def sweep_settings() -> list[LexicalSettings]:
+    """What ``--sweep`` tries besides the default (made on call: settings read the name map)."""
+    return [
+        LexicalSettings(name_map=0.0),  # the default before the name map
+        *(LexicalSettings(name_map=m) for m in (0.5, 0.85)),
+        *(LexicalSettings(weight=w) for w in (0.7, 0.9)),
+        LexicalSettings(phonetic=False, name_map=0.0),
+        LexicalSettings(dim=128),
+        LexicalSettings(dim=512),
+        LexicalSettings(ngram_min=2, ngram_max=4, name_map=0.0),
+    ]
+
+
+def label(lexical: dict | None) -> str:
+    """A short name for a manifest ``lexical`` entry."""
+    if lexical is None:
+        return "dense only"
+    return (
+        f"w={lexical['weight']} dim={lexical['dim']} n={lexical['ngram_min']}-"
+        f"{lexical['ngram_max']} map={lexical.get('name_map', 0.0)}"
+        + ("" if lexical["features"] == PHONETIC_FEATURES else " no spelling forms")
+    )
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -157,7 +172,7 @@ def at_scale(catalog: Path, workdir: Path, repeats: int) -> list[dict]:
     sample = rng.sample(rows, min(10000, len(rows)))
     queries = [(one_letter_typo(r["name"], rng), r["id"]) for r in sample]
     out = []
-    for settings in (None, DEFAULT):
+    for settings in (None, LexicalSettings()):
         index = build_index(catalog, workdir / f"scale-{settings is None}", lexical=settings,
                             show_progress=False, overwrite=True)  # fmt: skip
         texts = [q for q, _ in queries]
@@ -211,22 +226,15 @@ def main() -> None:
           f"cross-language {len(xlang)} ({len(cldr_catalog)} CLDR entities), held out "
           f"{len(held)} ({len(held_catalog)}) and country variants {len(variants)}")  # fmt: skip
     repeats = 3 if args.quick else 5
-    candidates = [None, DEFAULT, *(SWEEP if args.sweep else [])]
+    candidates = [None, LexicalSettings(), *(sweep_settings() if args.sweep else [])]
     with tempfile.TemporaryDirectory(dir=DATA_DIR if DATA_DIR.exists() else None) as tmp:
         rows = [evaluate(s, sets, Path(tmp), repeats) for s in candidates]
         scale = at_scale(args.catalog, Path(tmp), repeats) if args.catalog.exists() else []
     base = rows[0]
     table = []
     for row in rows:
-        lex = row["lexical"]
-        label = (
-            "dense only"
-            if lex is None
-            else f"w={lex['weight']} dim={lex['dim']} n={lex['ngram_min']}-{lex['ngram_max']}"
-            + ("" if lex["features"] == PHONETIC_FEATURES else " no spelling forms")
-        )
         row["qps_vs_dense"] = round(row["batch_qps"] / base["batch_qps"], 3)
-        table.append([label, row["top1_clean"], row["top1_typo"], row["top1_xlang"],
+        table.append([label(row["lexical"]), row["top1_clean"], row["top1_typo"], row["top1_xlang"],
                       row["top1_xheld"], row["top1_variants"], row["batch_qps"],
                       row["qps_vs_dense"], row["artifact_bytes"]])  # fmt: skip
     headers = ["setting", "top-1 clean", "top-1 typo", "top-1 cross-language",

@@ -289,7 +289,7 @@ def build_index(
             },
             "normalizer": settings.to_dict(),
             "lexical": lexical.to_dict() if lexical else None,
-            "index_dim": encoder.dim + (lexical.dim if lexical else 0),
+            "index_dim": encoder.dim + (lexical.width if lexical else 0),
             "max_text_chars": MAX_TEXT_CHARS,
             "metric": "inner_product",
             "vectors_normalized": True,
@@ -381,7 +381,7 @@ class CatalogWriter:
         self.records = StringTableWriter(tmp, "entities", ext=".jsonl")
         self.texts = StringTableWriter(tmp, "texts")
         self.vectors = NpyRowWriter(
-            tmp / VECTORS_FILE, encoder.dim + (lexical.dim if lexical else 0)
+            tmp / VECTORS_FILE, encoder.dim + (lexical.width if lexical else 0)
         )
         self.row_entity = array("q")
         self.max_per_entity = 0

@@ -6,9 +6,12 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import NemFaissError
+
+if TYPE_CHECKING:
+    from .lexical import LexicalSettings
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -40,6 +43,10 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument(
         "--no-lexical", action="store_true", help="dense vectors only, no character n-grams"
     )
+    build.add_argument(
+        "--no-name-map", action="store_true",
+        help="lexical channel without the learned cross-language name map",
+    )  # fmt: skip
     build.add_argument("--overwrite", action="store_true", help="replace an existing artifact")
     build.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -68,6 +75,10 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--no-lexical", action="store_true", help="dense vectors only, no character n-grams"
     )
+    train.add_argument(
+        "--no-name-map", action="store_true",
+        help="lexical channel without the learned cross-language name map",
+    )  # fmt: skip
     train.add_argument("--overwrite", action="store_true", help="replace an existing artifact")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -140,6 +151,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
 
+def _lexical(args: argparse.Namespace) -> bool | LexicalSettings:
+    """``--no-lexical``: False; ``--no-name-map``: the default settings without the map."""
+    from .lexical import LexicalSettings
+
+    if args.no_lexical:
+        return False
+    return LexicalSettings(name_map=0.0) if args.no_name_map else True
+
+
 def _build(args: argparse.Namespace) -> int:
     from .build import build_index
 
@@ -153,7 +173,7 @@ def _build(args: argparse.Namespace) -> int:
         spill=args.spill,
         batch_size=args.batch_size,
         normalize=not args.no_normalize,
-        lexical=not args.no_lexical,
+        lexical=_lexical(args),
         bundle_model=args.bundle_model,
         overwrite=args.overwrite,
         show_progress=not args.quiet,
@@ -204,7 +224,7 @@ def _train(args: argparse.Namespace) -> int:
         learning_rate=args.learning_rate,
         seed=args.seed,
         distill={"pca_dims": args.distill_dims} if args.distill else False,
-        lexical=not args.no_lexical,
+        lexical=_lexical(args),
         overwrite=args.overwrite,
         show_progress=not args.quiet,
     )

@@ -71,7 +71,7 @@ def build_with_ray(
     settings = NormalizerSettings(bool(normalize))
     lexical_settings = resolve_lexical(lexical)
     encoder = load_encoder(model, embedding_dim=embedding_dim, show_progress=show_progress)
-    dim = encoder.dim + (lexical_settings.dim if lexical_settings else 0)
+    dim = encoder.dim + (lexical_settings.width if lexical_settings else 0)
     vectors_estimate = sum(1 + len(row["aliases"]) for row in rows)
     kind, factory, n_list = _choose_index(index_type, vectors_estimate, dim, nlist)
     trained = None

@@ -6,7 +6,10 @@ words padded with spaces, every character n-gram in ``[ngram_min, ngram_max]`` h
 ``phonetic`` (the default), the n-grams of each word's spelling key and consonant skeleton
 (:func:`spelling_forms`) are counted too, in hash spaces of their own, so that spelling
 variants across languages ("Kanada" / "Canada", "Marokko" / "Morocco") share buckets.
-``combine`` concatenates
+With ``name_map`` > 0 (the default) the lexical vector is itself two unit parts,
+``sqrt(1 - name_map) * ngrams`` and ``sqrt(name_map) * mapped``, where ``mapped`` is the
+learned cross-language projection of the same n-grams (:mod:`namemap`), so its cosine is
+``(1 - name_map) * cos_ngrams + name_map * cos_mapped``. ``combine`` concatenates
 ``sqrt(1 - weight) * dense`` and ``sqrt(weight) * lexical``, so for unit vectors the inner
 product of two combined vectors is ``(1 - weight) * cos_dense + weight * cos_lexical``: one
 FAISS index serves both channels, and scores stay in [-1, 1].
@@ -24,6 +27,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .encoders import Encoder, normalize_rows
+from .namemap import DEFAULT_MAP, NameMap, load_name_map, project
 
 #: Names the hashing scheme; a change of scheme must change this name.
 HASH_NAME = "poly1000003-mix9e3779b1-v1"
@@ -39,6 +43,9 @@ class LexicalSettings:
 
     ``phonetic``: also count the n-grams of each word's spelling key and consonant skeleton
     (:func:`spelling_forms`); artifacts written before it existed read as False.
+    ``name_map``: share of the lexical cosine given to the learned cross-language map
+    ``map_name`` (:mod:`namemap`); 0 turns it off, and artifacts written before it read as 0.
+    The vector has ``width`` floats: ``dim`` hashed buckets, plus the map's outputs.
     """
 
     ngram_min: int = 2
@@ -46,6 +53,8 @@ class LexicalSettings:
     dim: int = 256
     weight: float = 0.8
     phonetic: bool = True
+    name_map: float = 0.7
+    map_name: str = DEFAULT_MAP
 
     def __post_init__(self) -> None:
         if not 1 <= self.ngram_min <= self.ngram_max <= 8:
@@ -56,11 +65,31 @@ class LexicalSettings:
             raise ValueError(f"lexical phonetic must be True or False, got {self.phonetic!r}")
         if not 0.0 <= self.weight <= 1.0:
             raise ValueError(f"lexical weight must be within [0, 1], got {self.weight}")
+        if not 0.0 <= self.name_map <= 1.0:
+            raise ValueError(f"lexical name_map must be within [0, 1], got {self.name_map}")
+        loaded = self.loaded_map()
+        if loaded is not None and (loaded.hash, loaded.features) != (HASH_NAME, PHONETIC_FEATURES):
+            raise ValueError(
+                f"name map {self.map_name} was trained on {loaded.hash}/{loaded.features} "
+                f"features, this version makes {HASH_NAME}/{PHONETIC_FEATURES}"
+            )
+
+    def loaded_map(self) -> NameMap | None:
+        """The name map (read and checked once per process), or None when ``name_map`` is 0."""
+        return load_name_map(self.map_name) if self.name_map > 0 else None
+
+    @property
+    def width(self) -> int:
+        """Floats per lexical vector: ``dim``, plus the name map's ``dim_out`` when it is on."""
+        loaded = self.loaded_map()
+        return self.dim + (loaded.dim_out if loaded is not None else 0)
 
     def to_dict(self) -> dict[str, float | int | str]:
         """The manifest entry; ``phonetic`` is recorded as the ``features`` name."""
         data: dict[str, float | int | str] = asdict(self)
         del data["phonetic"]
+        if not self.name_map:
+            del data["map_name"]
         features = PHONETIC_FEATURES if self.phonetic else PLAIN_FEATURES
         return {**data, "hash": HASH_NAME, "features": features}
 
@@ -72,9 +101,11 @@ class LexicalSettings:
                 f"unsupported lexical hashing {data.get('hash')}/{features}; "
                 "this artifact needs a newer novelentitymatcher-faiss"
             )
+        share = float(data.get("name_map", 0.0))
         return cls(
             int(data["ngram_min"]), int(data["ngram_max"]), int(data["dim"]),
-            float(data["weight"]), features == PHONETIC_FEATURES,
+            float(data["weight"]), features == PHONETIC_FEATURES, share,
+            str(data["map_name"]) if share else DEFAULT_MAP,
         )  # fmt: skip
 
 
@@ -138,26 +169,53 @@ def spelling_forms(word: str) -> tuple[str, str]:
 
 
 def lexical_vectors(texts: Sequence[str], settings: LexicalSettings) -> np.ndarray:
-    """float32 (n, settings.dim), each row L2-normalized (all-zero for texts with no n-grams).
+    """float32 (n, settings.width), each row L2-normalized (all-zero for texts with no n-grams).
 
     A window of n codepoints counts when it holds no separator and no space except at its
     two ends (so n-grams stay inside one space-padded word); its polynomial hash, mixed and
     reduced modulo ``dim``, picks the bucket. With ``settings.phonetic`` the windows of the
-    words' spelling forms (:func:`spelling_forms`) count too. Vectorized over the batch.
+    words' spelling forms (:func:`spelling_forms`) count too. With a name map, the map's
+    projection of its own n-gram counts follows (see module doc). Vectorized over the batch.
     """
-    out = np.zeros((len(texts), settings.dim), dtype=np.float32)
+    loaded = settings.loaded_map()
+    shared = loaded is not None and loaded.dim_in % settings.dim == 0 and (
+        settings.ngram_min, settings.ngram_max, settings.phonetic
+    ) == (loaded.ngram_min, loaded.ngram_max, True)
+    # A bucket modulo dim_in, taken modulo dim, is the bucket modulo dim (dim divides dim_in).
+    fine = loaded.dim_in if shared and loaded is not None else settings.dim
+    low, high, phonetic = settings.ngram_min, settings.ngram_max, settings.phonetic
+    cells = ngram_cells(texts, low, high, phonetic, fine)
+    rows, buckets = np.divmod(cells, fine)
+    flat = np.bincount(rows * settings.dim + buckets % settings.dim,
+                       minlength=len(texts) * settings.dim)  # fmt: skip
+    counts = normalize_rows(flat.reshape(len(texts), settings.dim).astype(np.float32))
+    if loaded is None:
+        return counts
+    if not shared:
+        low, high = loaded.ngram_min, loaded.ngram_max
+        cells = ngram_cells(texts, low, high, True, loaded.dim_in)
+    return combine(counts, project(cells, len(texts), loaded), settings.name_map)
+
+
+def ngram_cells(
+    texts: Sequence[str], ngram_min: int, ngram_max: int, phonetic: bool, dim: int
+) -> np.ndarray:
+    """int64 ``row * dim + bucket`` of every counted n-gram of ``texts`` (any order)."""
     if len(texts) <= _SMALL_BATCH:
-        for row, text in enumerate(texts):
-            out[row] = np.bincount(_buckets(text, settings), minlength=settings.dim)
-        return normalize_rows(out)
+        found = [
+            row * dim + bucket
+            for row, text in enumerate(texts)
+            for bucket in _buckets(text, ngram_min, ngram_max, phonetic, dim)
+        ]
+        return np.array(found, dtype=np.int64)
     joined = _folded_join(texts)
     forms = [_codes(joined)]
-    if settings.phonetic:
+    if phonetic:
         forms += _spelled_codes(joined)
-    cells = [_cells(codes, settings, form * _FORM_SEED) for form, codes in enumerate(forms)]
-    flat = np.bincount(np.concatenate(cells), minlength=out.size)
-    out[:] = flat.reshape(out.shape)
-    return normalize_rows(out)
+    span = (ngram_min, ngram_max)
+    return np.concatenate(
+        [_cells(codes, span, dim, form * _FORM_SEED) for form, codes in enumerate(forms)]
+    )
 
 
 def _spelled_codes(joined: str) -> list[np.ndarray]:
@@ -173,14 +231,14 @@ def _spelled_codes(joined: str) -> list[np.ndarray]:
     return [key, key[~(after_letter & np.isin(key, _DROPPED))]]
 
 
-def _cells(codes: np.ndarray, settings: LexicalSettings, seed: int) -> np.ndarray:
+def _cells(codes: np.ndarray, span: tuple[int, int], dim: int, seed: int) -> np.ndarray:
     """int64 ``row * dim + bucket`` of every counted window of joined ``codes`` (texts
     ended by 0 separators); each hash starts at ``n + seed``."""
     is_sep = codes == _SEPARATOR
     rows = np.cumsum(is_sep) - is_sep  # a text's separator still belongs to that text
     is_space = codes == _SPACE
     cells: list[np.ndarray] = [np.zeros(0, dtype=np.int64)]
-    for n in range(settings.ngram_min, settings.ngram_max + 1):
+    for n in range(span[0], span[1] + 1):
         count = len(codes) - n + 1
         if count <= 0:
             continue
@@ -195,11 +253,11 @@ def _cells(codes: np.ndarray, settings: LexicalSettings, seed: int) -> np.ndarra
             bad |= is_space[:count] & is_space[n - 1 : n - 1 + count]
         keep = ~bad
         mixed = (hashed[keep] * _MIX) >> np.uint32(7)
-        cells.append(rows[:count][keep] * settings.dim + (mixed % np.uint32(settings.dim)))
+        cells.append(rows[:count][keep] * dim + (mixed % np.uint32(dim)))
     return np.concatenate(cells)
 
 
-def _buckets(text: str, settings: LexicalSettings) -> list[int]:
+def _buckets(text: str, low: int, high: int, phonetic: bool, dim: int) -> list[int]:
     """The same buckets as the vectorized path, for one text in plain Python (no overhead).
 
     No counted window crosses a space, so a text's buckets are the concatenation of its
@@ -207,10 +265,9 @@ def _buckets(text: str, settings: LexicalSettings) -> list[int]:
     words).
     """
     found: list[int] = []
-    low, high, dim = settings.ngram_min, settings.ngram_max, settings.dim
     for word in text.replace("\0", " ").split():
         found.extend(_word_buckets(word, low, high, dim, 0))
-        if settings.phonetic:
+        if phonetic:
             key, skeleton = spelling_forms(word)
             found.extend(_word_buckets(key, low, high, dim, _FORM_SEED))
             found.extend(_word_buckets(skeleton, low, high, dim, 2 * _FORM_SEED))

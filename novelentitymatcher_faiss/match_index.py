@@ -128,7 +128,7 @@ class MatchIndex:
             self.lexical = (
                 LexicalSettings.from_dict(manifest["lexical"]) if manifest.get("lexical") else None
             )
-            self.dim = self.model_dim + (self.lexical.dim if self.lexical else 0)
+            self.dim = self.model_dim + (self.lexical.width if self.lexical else 0)
             self.n_entities = counts["entities"]
             self.n_vectors = counts["vectors"]
             self._fetch_per_entity = max(1, counts["max_vectors_per_entity"])

@@ -79,6 +79,11 @@ def test_verify_detects_damage_and_errors_exit_2(artifact, tmp_path):
     assert dense.returncode == 0, dense.stderr
     manifest = json.loads((tmp_path / "dense" / "manifest.json").read_text())
     assert manifest["lexical"] is None and manifest["index_dim"] == manifest["model"]["dim"]
+    no_map = cli("build", str(UNIVERSITIES), "--out", str(tmp_path / "nomap"), "--no-name-map",
+                 "--quiet")  # fmt: skip
+    assert no_map.returncode == 0, no_map.stderr
+    lexical = json.loads((tmp_path / "nomap" / "manifest.json").read_text())["lexical"]
+    assert lexical["name_map"] == 0.0 and "map_name" not in lexical
     pq = cli("build", str(UNIVERSITIES), "--out", str(tmp_path / "pq"), "--index", "ivf-pq",
              "--spill", "3", "--quiet")  # fmt: skip
     assert pq.returncode == 0, pq.stderr

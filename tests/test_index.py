@@ -221,7 +221,7 @@ def test_reopens_in_a_new_process_with_identical_results(flat):
 def test_embedding_dim_truncates(tmp_path):
     with pytest.warns(UserWarning, match="Matryoshka|MRL"):
         index = build_index(UNIVERSITIES, tmp_path / "d64", embedding_dim=64, show_progress=False)
-    assert index.model_dim == 64 and index.index.d == 64 + LexicalSettings().dim
+    assert index.model_dim == 64 and index.index.d == 64 + LexicalSettings().width
     assert index.match("harvard univ")["id"] == "harvard_university"
 
 

@@ -23,12 +23,14 @@ from novelentitymatcher_faiss.perturb import one_letter_typo
 
 DATA = Path(__file__).parent / "data"
 SETTINGS = LexicalSettings()
-PLAIN = LexicalSettings(phonetic=False)
+SPELLED = LexicalSettings(name_map=0.0)  # n-grams and spelling forms, no name map
+PLAIN = LexicalSettings(phonetic=False, name_map=0.0)
 
 
 def test_vectors_are_unit_length_and_fold_accents():
     v = lexical_vectors(["Zürich", "zurich", "ZURICH", "", "   "], SETTINGS)
-    assert v.dtype == np.float32 and v.shape == (5, SETTINGS.dim)
+    assert SETTINGS.width == SETTINGS.dim + 128 and SPELLED.width == SPELLED.dim
+    assert v.dtype == np.float32 and v.shape == (5, SETTINGS.width)
     np.testing.assert_allclose(np.linalg.norm(v[:3], axis=1), 1.0, atol=1e-6)
     np.testing.assert_array_equal(v[0], v[1])
     np.testing.assert_array_equal(v[1], v[2])
@@ -44,11 +46,12 @@ def test_typos_stay_close_and_unrelated_names_do_not():
 
 
 def test_ngrams_do_not_cross_word_or_text_boundaries():
-    counts = lexical_vectors(["ab"], LexicalSettings(dim=4096, phonetic=False))[0]
+    wide, wide_plain = replace(SPELLED, dim=4096), replace(PLAIN, dim=4096)
+    counts = lexical_vectors(["ab"], wide_plain)[0]
     assert np.count_nonzero(counts) == 5  # " a", "ab", "b ", " ab", "ab "
     # the same five of the spelling key "ab" and of the skeleton "ab", hashed apart
-    assert np.count_nonzero(lexical_vectors(["ab"], LexicalSettings(dim=4096))[0]) == 15
-    for settings in (LexicalSettings(dim=4096), LexicalSettings(dim=4096, phonetic=False)):
+    assert np.count_nonzero(lexical_vectors(["ab"], wide)[0]) == 15
+    for settings in (wide, wide_plain):
         # "ab cd" holds exactly the n-grams of " ab " and " cd " (no "b c" window); at 4096
         # buckets each word's n-grams fall in buckets of their own (count 1)
         joined = lexical_vectors(["ab cd"], settings)[0]
@@ -69,12 +72,12 @@ def test_spelling_forms_bring_variants_across_languages_together():
     for settings in (SETTINGS, PLAIN):
         assert len(lexical_vectors([a for a, _ in pairs], settings)) == 3
     for foreign, english in pairs:
-        with_forms = lexical_vectors([foreign, english], SETTINGS)
+        with_forms = lexical_vectors([foreign, english], SPELLED)
         plain = lexical_vectors([foreign, english], PLAIN)
         assert with_forms[0] @ with_forms[1] > plain[0] @ plain[1] + 0.1
     # one text or a batch: the same vectors, with the forms as without
     texts = ["Côte d'Ivoire", "Marokko", "", "São Tomé & Príncipe"]
-    for settings in (SETTINGS, PLAIN):
+    for settings in (SETTINGS, SPELLED, PLAIN):
         one_by_one = np.vstack([lexical_vectors([t], settings) for t in texts])
         np.testing.assert_array_equal(lexical_vectors(texts, settings), one_by_one)
 
@@ -114,13 +117,21 @@ def test_settings_are_checked_and_round_trip():
         LexicalSettings(weight=1.5)
     with pytest.raises(ValueError, match="ngram"):
         LexicalSettings(ngram_min=4, ngram_max=2)
-    custom = LexicalSettings(ngram_min=1, ngram_max=4, dim=64, weight=0.4)
-    assert LexicalSettings.from_dict(custom.to_dict()) == custom
-    assert LexicalSettings.from_dict(PLAIN.to_dict()) == PLAIN
+    with pytest.raises(ValueError, match="name_map"):
+        LexicalSettings(name_map=-0.1)
+    with pytest.raises(FileNotFoundError, match="newer"):
+        LexicalSettings(map_name="cldr-names-v999")
+    custom = LexicalSettings(ngram_min=1, ngram_max=4, dim=64, weight=0.4, name_map=0.5)
+    for settings in (custom, SETTINGS, SPELLED, PLAIN):
+        assert LexicalSettings.from_dict(settings.to_dict()) == settings
+    assert SETTINGS.to_dict()["map_name"] == "cldr-names-v1" and "map_name" not in SPELLED.to_dict()
     # a manifest entry of the version before spelling forms: plain n-grams, read as before
     old = {"ngram_min": 2, "ngram_max": 3, "dim": 256, "weight": 0.7,
            "hash": "poly1000003-mix9e3779b1-v1", "features": "char_wb"}  # fmt: skip
-    assert LexicalSettings.from_dict(old) == LexicalSettings(weight=0.7, phonetic=False)
+    assert LexicalSettings.from_dict(old) == replace(PLAIN, weight=0.7)
+    # and of the version before the name map: spelling forms, no map
+    spelled = {**old, "weight": 0.8, "features": "char_wb+spelling-v1"}
+    assert LexicalSettings.from_dict(spelled) == SPELLED
     assert "phonetic" not in custom.to_dict() and PLAIN.to_dict()["features"] == "char_wb"
     with pytest.raises(ValueError, match="hashing"):
         LexicalSettings.from_dict({**custom.to_dict(), "features": "char_wb+spelling-v9"})
@@ -156,7 +167,7 @@ def test_lexical_channel_beats_dense_only_on_typos(tmp_path, typo_set):
 
 
 def test_explain_parts_add_up_and_artifact_settings_win(tmp_path):
-    custom = LexicalSettings(ngram_min=1, ngram_max=4, dim=128, weight=0.4, phonetic=False)
+    custom = replace(PLAIN, ngram_min=1, ngram_max=4, dim=128, weight=0.4)
     built = build_index(
         DATA / "universities.csv", tmp_path / "x", lexical=custom, show_progress=False
     )
@@ -190,7 +201,8 @@ def test_single_text_path_equals_the_batch_path():
     alphabet = "abcdeé üßΣσς中文🙂\t\nxyz  \u0301\u02d8\u00a8\u2002"  # + marks NFKD spaces
     texts = ["".join(rng.choice(alphabet) for _ in range(rng.randrange(30))) for _ in range(500)]
     texts += ["", "  ", "a", "Zürich", "ΟΔΟΣ"]
-    for settings in (SETTINGS, LexicalSettings(ngram_min=1, ngram_max=4, dim=97)):
+    # with the name map: on the shared n-grams (default), on its own n-grams (dim 97, 1-4)
+    for settings in (SETTINGS, LexicalSettings(ngram_min=1, ngram_max=4, dim=97), PLAIN):
         batch = lexical_vectors(texts, settings)
         single = np.vstack([lexical_vectors([t], settings) for t in texts])
         np.testing.assert_array_equal(batch, single)

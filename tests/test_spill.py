@@ -23,7 +23,7 @@ NLIST = 32
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("spill")
-    options = {"index_type": "ivf-pq", "nlist": NLIST, "nprobe": 2, "show_progress": False}
+    options = {"index_type": "ivf-pq", "nlist": NLIST, "nprobe": 1, "show_progress": False}
     return {
         "spilled": build_index(PRODUCTS, root / "spilled", **options),
         "single": build_index(PRODUCTS, root / "single", spill=1, **options),

@@ -123,8 +123,12 @@ def test_ivf_update_keeps_lists_and_matches_a_fresh_build(kind, compact, change,
     assert new.manifest["index"]["factory"] == old.manifest["index"]["factory"]
     assert new.manifest["index"]["nprobe_source"] == "parent"
     exhaustive = hits(new, change["queries"], nprobe=NLIST)
-    if kind == "ivf":  # raw vectors in the lists: exhaustive search is exact search
-        assert exhaustive == hits(fresh_flat, change["queries"])
+    if kind == "ivf":  # raw vectors in the lists: exhaustive search is exact search, up to
+        # float rounding (FAISS sums IVF and flat inner products in different orders)
+        flat = hits(fresh_flat, change["queries"])
+        assert [[t for _, t in row] for row in exhaustive] == [[t for _, t in row] for row in flat]
+        np.testing.assert_allclose([[s for s, _ in row] for row in exhaustive],
+                                   [[s for s, _ in row] for row in flat], atol=1.5e-4)  # fmt: skip
     # top-1 agrees with exact search up to ties (products share names), exhaustively and, at
     # the stored nprobe, about as often as a fresh IVF build of the final catalog does
     exact = fresh_flat.match(change["queries"], top_k=10)
