@@ -58,13 +58,14 @@ KINDS = {"territories": "country", "languages": "language"}
 def sweep_settings() -> list[LexicalSettings]:
     """What ``--sweep`` tries besides the default (made on call: settings read the name map)."""
     return [
-        LexicalSettings(name_map=0.0),  # the default before the name map
+        LexicalSettings(dim=256, name_map=0.0),  # the default before the name map
+        LexicalSettings(name_map=0.0),
         *(LexicalSettings(name_map=m) for m in (0.5, 0.85)),
         *(LexicalSettings(weight=w) for w in (0.7, 0.9)),
-        LexicalSettings(phonetic=False, name_map=0.0),
-        LexicalSettings(dim=128),
-        LexicalSettings(dim=512),
-        LexicalSettings(ngram_min=2, ngram_max=4, name_map=0.0),
+        LexicalSettings(dim=256, phonetic=False, name_map=0.0),
+        LexicalSettings(dim=64),
+        LexicalSettings(dim=256),
+        LexicalSettings(dim=256, ngram_min=2, ngram_max=4, name_map=0.0),
     ]
 
 

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .encoders import Encoder, normalize_rows
-from .namemap import DEFAULT_MAP, NameMap, load_name_map, project
+from .namemap import DEFAULT_MAP, NameMap, load_name_map, project, thread_pool
 
 #: Names the hashing scheme; a change of scheme must change this name.
 HASH_NAME = "poly1000003-mix9e3779b1-v1"
@@ -50,7 +50,7 @@ class LexicalSettings:
 
     ngram_min: int = 2
     ngram_max: int = 3
-    dim: int = 256
+    dim: int = 128
     weight: float = 0.8
     phonetic: bool = True
     name_map: float = 0.7
@@ -307,11 +307,20 @@ def combine(dense: np.ndarray, lexical: np.ndarray, weight: float) -> np.ndarray
 def featurize(
     texts: Sequence[str], encoder: Encoder, lexical: LexicalSettings | None, batch_size: int = 1024
 ) -> np.ndarray:
-    """Index vectors of normalized ``texts``: float32 (n, encoder.dim [+ lexical.dim]).
+    """Index vectors of normalized ``texts``: float32 (n, encoder.dim [+ lexical.width]).
 
     Dense only when ``lexical`` is None, else the weighted concatenation (see module doc).
+    From ``_OVERLAP_TEXTS`` texts on, the lexical vectors are made in a thread while the
+    encoder runs.
     """
-    dense = encoder.encode(texts, batch_size=batch_size)
     if lexical is None:
-        return dense
-    return combine(dense, lexical_vectors(texts, lexical), lexical.weight)
+        return encoder.encode(texts, batch_size=batch_size)
+    if len(texts) < _OVERLAP_TEXTS:
+        lexical_part = lexical_vectors(texts, lexical)
+        return combine(encoder.encode(texts, batch_size=batch_size), lexical_part, lexical.weight)
+    pending = thread_pool("lexical").submit(lexical_vectors, texts, lexical)
+    dense = encoder.encode(texts, batch_size=batch_size)
+    return combine(dense, pending.result(), lexical.weight)
+
+
+_OVERLAP_TEXTS = 256

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,17 +93,44 @@ def project(cells: np.ndarray, rows: int, name_map: NameMap) -> np.ndarray:
     """float32 (rows, dim_out), rows L2-normalized (zero for rows with no cells).
 
     ``cells``: int64 ``row * dim_in + bucket`` of every counted n-gram; a row's vector is
-    its bucket counts times the map's weights (sparse product, no dense count matrix).
-    The weights are float16 values, multiples of 2**-24 below 2**16, so float64 sums of
-    fewer than 8192 of them are exact: one text alone or in a batch, in any order of its
-    n-grams, gets the same bits.
+    its bucket counts times the map's weights (sparse product, no dense count matrix, split
+    over threads for large batches). The weights are float16 values, multiples of 2**-24
+    below 2**16, so float64 sums of fewer than 8192 of them are exact: one text alone or in
+    a batch, in any order of its n-grams, gets the same bits.
     """
-    dim_in = name_map.dim_in
+    row_of, bucket = np.divmod(cells, name_map.dim_in)
+    if rows == 0:
+        return np.zeros((0, name_map.dim_out), dtype=np.float32)
     if rows == 1:  # one query: a row gather beats building a sparse matrix
-        summed = name_map.weights[cells % dim_in].sum(axis=0, keepdims=True)
+        summed = name_map.weights[bucket].sum(axis=0, keepdims=True)
+        return normalize_rows(summed.astype(np.float32))
+    indptr = np.zeros(rows + 1, dtype=np.int64)
+    np.cumsum(np.bincount(row_of, minlength=rows), out=indptr[1:])
+    # repeated buckets in a row are fine: the product sums every stored entry
+    counts = scipy.sparse.csr_matrix(
+        (np.ones(len(cells)), bucket[np.argsort(row_of, kind="stable")], indptr),
+        shape=(rows, name_map.dim_in),
+    )
+    out = np.empty((rows, name_map.dim_out), dtype=np.float32)
+    step = -(-rows // _THREADS) if rows >= _THREADED_ROWS else rows
+    chunks = [slice(start, start + step) for start in range(0, rows, step)]
+
+    def one(chunk: slice) -> None:
+        out[chunk] = counts[chunk] @ name_map.weights
+
+    if len(chunks) == 1:
+        one(chunks[0])
     else:
-        counts = scipy.sparse.csr_matrix(
-            (np.ones(len(cells)), (cells // dim_in, cells % dim_in)), shape=(rows, dim_in)
-        )
-        summed = counts @ name_map.weights
-    return normalize_rows(np.asarray(summed, dtype=np.float32, order="C"))
+        list(thread_pool("namemap").map(one, chunks))
+    return normalize_rows(out)
+
+
+_THREADS = max(1, min(4, os.cpu_count() or 1))
+_THREADED_ROWS = 4096  # below this, a thread hand-off costs more than it saves
+
+
+@functools.cache
+def thread_pool(role: str) -> ThreadPoolExecutor:
+    """The process's threads for one ``role``. A task must not wait on its own role's pool;
+    :func:`project` (scipy's sparse product releases the GIL) uses ``"namemap"``."""
+    return ThreadPoolExecutor(_THREADS, thread_name_prefix=f"nem-faiss-{role}")

@@ -128,10 +128,10 @@ def test_settings_are_checked_and_round_trip():
     # a manifest entry of the version before spelling forms: plain n-grams, read as before
     old = {"ngram_min": 2, "ngram_max": 3, "dim": 256, "weight": 0.7,
            "hash": "poly1000003-mix9e3779b1-v1", "features": "char_wb"}  # fmt: skip
-    assert LexicalSettings.from_dict(old) == replace(PLAIN, weight=0.7)
+    assert LexicalSettings.from_dict(old) == replace(PLAIN, weight=0.7, dim=256)
     # and of the version before the name map: spelling forms, no map
     spelled = {**old, "weight": 0.8, "features": "char_wb+spelling-v1"}
-    assert LexicalSettings.from_dict(spelled) == SPELLED
+    assert LexicalSettings.from_dict(spelled) == replace(SPELLED, dim=256)
     assert "phonetic" not in custom.to_dict() and PLAIN.to_dict()["features"] == "char_wb"
     with pytest.raises(ValueError, match="hashing"):
         LexicalSettings.from_dict({**custom.to_dict(), "features": "char_wb+spelling-v9"})

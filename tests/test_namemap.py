@@ -49,12 +49,16 @@ def test_a_damaged_or_foreign_map_is_refused(tmp_path):
 def test_projection_is_the_same_alone_or_in_a_batch():
     name_map = load_name_map()
     rng = np.random.default_rng(0)
-    cells = rng.integers(0, 2048, size=(3, 400))
-    batch = project((cells + np.arange(3)[:, None] * 2048).ravel()[::-1].copy(), 3, name_map)
-    for row in range(3):
+    rows = 5000  # over the threaded size: chunks go to threads
+    cells = rng.integers(0, 2048, size=(rows, 90))
+    shuffled = (cells + np.arange(rows)[:, None] * 2048).ravel()
+    batch = project(rng.permutation(shuffled), rows, name_map)
+    for row in (0, 2499, 2500, 4999):
         np.testing.assert_array_equal(project(cells[row], 1, name_map)[0], batch[row])
+    np.testing.assert_array_equal(project(shuffled[: 2 * 90], 2, name_map), batch[:2])
     np.testing.assert_allclose(np.linalg.norm(batch, axis=1), 1.0, atol=1e-6)
     assert not project(np.zeros(0, dtype=np.int64), 2, name_map).any()
+    assert project(np.zeros(0, dtype=np.int64), 0, name_map).shape == (0, 128)
 
 
 def test_map_matches_country_names_in_languages_it_never_saw(tmp_path):
