@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ CARD_VERSION = 1
 #: the name only, so changed weights must get a new name.
 DEFAULT_MAP = "cldr-names-v1"
 DATA_DIR = Path(__file__).parent / "data"
+_NAME = re.compile(r"[a-z0-9][a-z0-9-]*")
 
 
 @dataclass(frozen=True)
@@ -60,11 +62,13 @@ def card_path(name: str, directory: Path = DATA_DIR) -> Path:
 def load_name_map(name: str = DEFAULT_MAP, directory: Path = DATA_DIR) -> NameMap:
     """Read and check map ``name``: card version, weights file sha256, shape and dtype.
 
-    Raises ValueError naming the file on any mismatch, FileNotFoundError for an unknown map.
+    Raises ValueError naming the file on any mismatch or an unknown map.
     """
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ValueError(f"name map name must be lowercase letters, digits and '-', got {name!r}")
     card_file = card_path(name, directory)
     if not card_file.is_file():
-        raise FileNotFoundError(
+        raise ValueError(
             f"unknown name map {name!r} (no {card_file.name}); this artifact needs a newer "
             "novelentitymatcher-faiss"
         )

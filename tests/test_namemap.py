@@ -41,8 +41,10 @@ def test_a_damaged_or_foreign_map_is_refused(tmp_path):
     card_file.write_text(json.dumps({**json.loads(card_file.read_text()), "format_version": 9}))
     with pytest.raises(ValueError, match="format_version"):
         load_name_map(DEFAULT_MAP, tmp_path)
-    with pytest.raises(FileNotFoundError, match="newer"):
+    with pytest.raises(ValueError, match="newer"):
         load_name_map("cldr-names-v999", tmp_path)
+    with pytest.raises(ValueError, match="lowercase"):
+        load_name_map("../data/cldr-names-v1", tmp_path)
     load_name_map.cache_clear()
 
 
