@@ -148,6 +148,26 @@ def test_a_plan_spends_the_recall_budget_stage_by_stage() -> None:
     assert nobody["margin"] == 2.0 and not nobody["usable"] and nobody["lists_per_query"] == 16
 
 
+def test_the_loss_cap_under_the_target_is_measured_on_all_tuning_queries() -> None:
+    # 800 queries, the last 400 held out; the full nprobe misses 6 of the held-out ones
+    # (0.985 there, 0.9925 on all): a plan losing one more there (0.9825) is within the
+    # 0.005 budget, although under 0.99 - 0.005 on that half alone
+    full = np.ones(800)
+    full[[400, 500, 600, 700, 750, 799]] = 0
+    hits = {8: full.copy()}
+    hits[8][450] = 0
+    margins = {8: np.full(800, 0.5, dtype=np.float32)}
+    plan = plan_early_stop((8,), margins, hits, full, 16, 0.99, call_lists=2.0)
+    assert plan["stopped"] == 1.0 and plan["held_out_recall_at_1"] == 0.9825 and plan["usable"]
+    # with the full nprobe under the target minus the budget on all queries, no loss is left
+    worse = full.copy()
+    worse[:10] = 0  # 0.98 on all
+    hits = {8: worse.copy()}
+    hits[8][450] = 0
+    assert not plan_early_stop((8,), margins, hits, worse, 16, 0.99, 2.0)["usable"]
+    assert plan_early_stop((8,), margins, {8: worse}, worse, 16, 0.99, 2.0)["usable"]
+
+
 def test_early_stop_keeps_top1_and_an_explicit_nprobe_turns_it_off(
     built: dict, typos: list
 ) -> None:
