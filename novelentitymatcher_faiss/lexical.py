@@ -115,6 +115,7 @@ _SPACE = 32
 _MIX_INT = 0x9E3779B1  # odd constant (golden ratio) for multiplicative hashing
 _MIX = np.uint32(_MIX_INT)
 _SMALL_BATCH = 2  # up to this many texts, plain Python beats numpy's per-call overhead
+_OVERLAP_TEXTS = 256  # from this many texts, featurize hashes n-grams beside the encoder
 
 
 def fold(text: str) -> str:
@@ -321,6 +322,3 @@ def featurize(
     pending = thread_pool("lexical").submit(lexical_vectors, texts, lexical)
     dense = encoder.encode(texts, batch_size=batch_size)
     return combine(dense, pending.result(), lexical.weight)
-
-
-_OVERLAP_TEXTS = 256

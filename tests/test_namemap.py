@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from babel import Locale
 
-from novelentitymatcher_faiss import build_index
-from novelentitymatcher_faiss.lexical import LexicalSettings, fold
+from novelentitymatcher_faiss import build_index, load_index
+from novelentitymatcher_faiss.lexical import LexicalSettings, featurize, fold
 from novelentitymatcher_faiss.namemap import DATA_DIR, DEFAULT_MAP, load_name_map, project
+from novelentitymatcher_faiss.normalize import normalize_text
 
 #: Locales of the lexical benchmark; the shipped map was trained without any of them.
 BENCHMARK_LOCALES = ("de", "fr", "es", "it", "pt", "nl", "sv", "da", "nb", "pl", "cs", "ro",
@@ -83,3 +84,20 @@ def test_map_matches_country_names_in_languages_it_never_saw(tmp_path):
 
     with_map, without = top1(LexicalSettings()), top1(replace(LexicalSettings(), name_map=0.0))
     assert with_map >= without + 0.1 and with_map >= 0.8, (with_map, without)
+
+
+def test_explain_adds_up_and_the_artifact_share_wins(tmp_path):
+    english = Locale("en").territories
+    catalog = [{"id": c, "name": english[c]} for c in ("DE", "AT", "CH", "FR", "PL", "NL")]
+    half = LexicalSettings(name_map=0.5)
+    built = build_index(catalog, tmp_path / "half", lexical=half, show_progress=False)
+    index = load_index(built.path)
+    assert index.lexical == half and index.manifest["lexical"]["name_map"] == 0.5
+    hits = index.match("Allemagne", top_k=3, explain=True)
+    assert hits[0]["id"] == "DE"
+    for hit in hits:
+        assert hit["score"] == pytest.approx(0.2 * hit["dense"] + 0.8 * hit["lexical"], abs=1e-5)
+    query = normalize_text("Allemagne")
+    for settings, same in ((half, True), (LexicalSettings(), False)):
+        stored = index.search_vectors(featurize([query], index.encoder, settings))[0][0]
+        assert (stored["score"] == pytest.approx(hits[0]["score"], abs=1e-6)) is same
