@@ -13,6 +13,9 @@ Also batch queries per second and artifact size, dense-only against each setting
 one process on the same catalog and queries (median of repeats).
 
     python benchmarks/lexical_bench.py [--quick] [--sweep]
+
+``make bench`` runs it after the artifact benchmark (``results/lexical.md``), ``make
+bench-quick`` with ``--quick`` (fewer queries, no large catalog: ``results/lexical-quick.md``).
 """
 
 from __future__ import annotations
@@ -192,9 +195,11 @@ def at_scale(catalog: Path, workdir: Path, repeats: int) -> list[dict]:
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="fewer queries and repeats")
+    parser.add_argument(
+        "--quick", action="store_true", help="fewer queries and repeats, no large catalog"
+    )
     parser.add_argument("--sweep", action="store_true", help="also try other weights/dims/n-grams")
     parser.add_argument(
         "--catalog",
@@ -202,7 +207,7 @@ def main() -> None:
         default=DATA_DIR / "names-100k.csv",
         help="large catalog for the throughput comparison (make_catalog.py)",
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     faiss_threads(2)
     info = {"machine": machine_info(), "versions": library_versions(), "threads": THREADS}
     print_environment(info)
@@ -230,7 +235,8 @@ def main() -> None:
     candidates = [None, LexicalSettings(), *(sweep_settings() if args.sweep else [])]
     with tempfile.TemporaryDirectory(dir=DATA_DIR if DATA_DIR.exists() else None) as tmp:
         rows = [evaluate(s, sets, Path(tmp), repeats) for s in candidates]
-        scale = at_scale(args.catalog, Path(tmp), repeats) if args.catalog.exists() else []
+        large = args.catalog.exists() and not args.quick
+        scale = at_scale(args.catalog, Path(tmp), repeats) if large else []
     base = rows[0]
     table = []
     for row in rows:
@@ -250,14 +256,12 @@ def main() -> None:
              for r in scale],
         )  # fmt: skip
         md += f"\n\nbatch q/s with the lexical channel / dense only: {scale[1]['qps_vs_dense']}"
-    else:
+    elif not args.quick:
         print(f"({args.catalog} not found: run benchmarks/make_catalog.py for the scale figures)")
     print(md)
-    write_results(
-        "lexical-sweep" if args.sweep else "lexical",
-        {**info, "rows": rows, "scale": scale, "quick": args.quick},
-        md,
-    )
+    name = "lexical-sweep" if args.sweep else "lexical-quick" if args.quick else "lexical"
+    write_results(name, {**info, "rows": rows, "scale": scale, "quick": args.quick}, md)
+    return 0
 
 
 if __name__ == "__main__":
