@@ -311,6 +311,16 @@ def _info(args: argparse.Namespace) -> int:
         if stop.get("graph_ef_search"):
             print(f"            stages find their lists in an HNSW graph over the centroids "
                   f"(efSearch {stop['graph_ef_search']})")  # fmt: skip
+    lexical = manifest.get("lexical")
+    if lexical:
+        spelled = " + spelling forms" if lexical.get("features") != "char_wb" else ""
+        name_map = (f", name map {lexical['map_name']} (share {lexical['name_map']})"
+                    if lexical.get("name_map") else ", no name map")  # fmt: skip
+        grams = f"{lexical['ngram_min']}-{lexical['ngram_max']}-grams"
+        print(f"lexical:    weight {lexical['weight']}, {lexical['dim']} buckets of {grams}"
+              f"{spelled}{name_map}")  # fmt: skip
+    else:
+        print("lexical:    none (dense only)")
     print(f"counts:     {counts['entities']} entities, {counts['vectors']} vectors")
     print(f"size:       {size / 1e6:.1f} MB in {len(manifest['files'])} files")
     print(f"built:      {manifest.get('created_at')} in {manifest.get('build_seconds')} s")

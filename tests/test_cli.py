@@ -84,6 +84,9 @@ def test_verify_detects_damage_and_errors_exit_2(artifact, tmp_path):
     assert no_map.returncode == 0, no_map.stderr
     lexical = json.loads((tmp_path / "nomap" / "manifest.json").read_text())["lexical"]
     assert lexical["name_map"] == 0.0 and "map_name" not in lexical
+    assert "spelling forms, no name map" in cli("info", str(tmp_path / "nomap")).stdout
+    assert "name map cldr-names-v1 (share 0.7)" in cli("info", str(artifact)).stdout
+    assert "lexical:    none" in cli("info", str(tmp_path / "dense")).stdout
     pq = cli("build", str(UNIVERSITIES), "--out", str(tmp_path / "pq"), "--index", "ivf-pq",
              "--spill", "3", "--quiet")  # fmt: skip
     assert pq.returncode == 0, pq.stderr
