@@ -138,3 +138,7 @@ def thread_pool(role: str) -> ThreadPoolExecutor:
     """The process's threads for one ``role``. A task must not wait on its own role's pool;
     :func:`project` (scipy's sparse product releases the GIL) uses ``"namemap"``."""
     return ThreadPoolExecutor(_THREADS, thread_name_prefix=f"nem-faiss-{role}")
+
+
+# a forked child has none of its parent's threads: it starts pools of its own
+os.register_at_fork(after_in_child=thread_pool.cache_clear)

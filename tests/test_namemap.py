@@ -9,7 +9,7 @@ import pytest
 from babel import Locale
 
 from novelentitymatcher_faiss import build_index, load_index
-from novelentitymatcher_faiss.lexical import LexicalSettings, featurize, fold
+from novelentitymatcher_faiss.lexical import LexicalSettings, featurize, fold, lexical_vectors
 from novelentitymatcher_faiss.namemap import DATA_DIR, DEFAULT_MAP, load_name_map, project
 from novelentitymatcher_faiss.normalize import normalize_text
 
@@ -101,3 +101,15 @@ def test_explain_adds_up_and_the_artifact_share_wins(tmp_path):
     for settings, same in ((half, True), (LexicalSettings(), False)):
         stored = index.search_vectors(featurize([query], index.encoder, settings))[0][0]
         assert (stored["score"] == pytest.approx(hits[0]["score"], abs=1e-6)) is same
+
+
+def test_a_forked_child_gets_threads_of_its_own():
+    import multiprocessing
+
+    texts = [f"Republik {n}" for n in range(5000)]  # over the sizes that use the pools
+    settings = LexicalSettings()
+    parent = lexical_vectors(texts, settings)  # the parent's pools now hold threads
+    context = multiprocessing.get_context("fork")
+    with context.Pool(1) as pool:
+        child = pool.apply_async(lexical_vectors, (texts, settings)).get(timeout=120)
+    np.testing.assert_array_equal(child, parent)
