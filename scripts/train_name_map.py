@@ -14,7 +14,7 @@ one-letter typo of it, nearest its English name; English names with a typo are p
 too, so typo robustness is kept. 20% of the input n-grams are dropped at random each step.
 
     python scripts/train_name_map.py                       # writes novelentitymatcher_faiss/data
-    python scripts/train_name_map.py --hold-out-entities --out /tmp/map   # a one-off check
+    python scripts/train_name_map.py --hold-out-entities --out DIR        # a one-off check
 
 ``--hold-out-entities`` leaves out a fixed quarter of the entities (crc32 of the code) so
 that the benchmark can be split into entities the map saw and entities it did not.
