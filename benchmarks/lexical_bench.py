@@ -108,6 +108,19 @@ def real_catalogs() -> list[dict]:
     return entities
 
 
+def entity_codes(kind: str) -> list[str]:
+    """The CLDR codes of table ``kind`` (a babel ``Locale`` attribute) that make entities:
+    letters only, 2-4 of them; territories two, languages two or three."""
+    from babel import Locale
+
+    codes = [c for c in getattr(Locale("en"), kind) if c.isalpha() and len(c) in (2, 3, 4)]
+    if kind == "territories":
+        return [c for c in codes if len(c) == 2]
+    if kind == "languages":
+        return [c for c in codes if len(c) in (2, 3)]
+    return codes
+
+
 def cldr_sets(
     tables: tuple[str, ...] = ("territories", "languages"),
 ) -> tuple[list[dict], list[tuple[str, str]]]:
@@ -120,11 +133,7 @@ def cldr_sets(
     catalog, queries = [], []
     for kind in tables:
         names = getattr(english, kind)
-        codes = [c for c in names if c.isalpha() and len(c) in (2, 3, 4) and "_" not in c]
-        if kind == "territories":
-            codes = [c for c in codes if len(c) == 2]
-        elif kind == "languages":
-            codes = [c for c in codes if len(c) in (2, 3)]
+        codes = entity_codes(kind)
         for code in codes:
             catalog.append({"id": f"{KINDS.get(kind, kind)}:{code}", "name": names[code]})
         for loc in LOCALES:

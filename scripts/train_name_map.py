@@ -39,7 +39,7 @@ REPO_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_DIR))
 sys.path.insert(0, str(REPO_DIR / "benchmarks"))
 
-from lexical_bench import LOCALES  # noqa: E402
+from lexical_bench import LOCALES, entity_codes  # noqa: E402
 
 from novelentitymatcher_faiss.artifact import sha256_file  # noqa: E402
 from novelentitymatcher_faiss.lexical import (  # noqa: E402
@@ -80,14 +80,6 @@ def latin_locales() -> list[str]:
     return found
 
 
-def entity_codes(kind: str) -> list[str]:
-    """Codes of ``kind`` as the lexical benchmark picks them."""
-    from babel import Locale
-
-    codes = [c for c in getattr(Locale("en"), kind) if c.isalpha() and "_" not in c]
-    return [c for c in codes if (len(c) == 2 if kind == "territories" else len(c) in (2, 3))]
-
-
 def training_pairs(locales: list[str], hold_out: bool) -> tuple[list[str], list[tuple[str, int]]]:
     """English names (targets) and (name in another language or typo'd, target) pairs."""
     from babel import Locale
@@ -113,9 +105,10 @@ def training_pairs(locales: list[str], hold_out: bool) -> tuple[list[str], list[
 def train(english: list[str], pairs: list[tuple[str, int]]) -> np.ndarray:
     """float32 (DIM_IN, DIM_OUT) weights."""
     features = LexicalSettings(dim=DIM_IN, name_map=0.0)
-    vectors = lambda texts: torch.from_numpy(  # noqa: E731
-        lexical_vectors([normalize_text(t) for t in texts], features)
-    )
+
+    def vectors(texts: list[str]) -> torch.Tensor:
+        return torch.from_numpy(lexical_vectors([normalize_text(t) for t in texts], features))
+
     queries, targets = vectors([text for text, _ in pairs]), vectors(english)
     labels = torch.tensor([target for _, target in pairs])
     torch.manual_seed(0)
