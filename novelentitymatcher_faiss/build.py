@@ -40,6 +40,7 @@ from .artifact import (
 )
 from .budget import BUDGET_KINDS, index_bytes, parse_bytes, pick_kind, pq_subquantizers
 from .catalog import MAX_TEXT_CHARS, read_catalog
+from .columns import ColumnWriter
 from .encoders import Encoder, load_encoder
 from .errors import ArtifactError, CatalogError
 from .lexical import LexicalSettings, featurize
@@ -219,7 +220,7 @@ def build_index(
     if encoder is None:
         encoder = load_encoder(model, embedding_dim=embedding_dim, show_progress=show_progress)
     with atomic_directory(Path(path), overwrite=overwrite) as tmp:
-        counts = _encode_catalog(
+        counts, columns = _encode_catalog(
             entities, tmp, encoder, lexical, settings, batch_size, show_progress
         )
         vectors = load_array(tmp / VECTORS_FILE, np.float32, ndim=2)
@@ -313,6 +314,7 @@ def build_index(
                 "memory_budget": budget,
             },
             "counts": counts,
+            "columns": columns,
             "build_seconds": round(time.perf_counter() - started, 3),
             **dict(extra_manifest or {}),
         }
@@ -386,6 +388,8 @@ class CatalogWriter:
         self.vectors = NpyRowWriter(
             tmp / VECTORS_FILE, encoder.dim + (lexical.width if lexical else 0)
         )
+        self.columns = ColumnWriter(tmp)
+        self.columns_section: dict[str, Any] | None = None  # set by close()
         self.row_entity = array("q")
         self.max_per_entity = 0
         self._batch: list[str] = []
@@ -406,6 +410,7 @@ class CatalogWriter:
                 f"entity {row + 1} ({entity['id']!r}): name and aliases normalize to empty text"
             )
         self._add_record(entity["id"], json.dumps(entity, ensure_ascii=False) + "\n", len(seen))
+        self.columns.add(entity)
         if len(self._batch) >= self.batch_size:
             self._flush()
 
@@ -416,8 +421,11 @@ class CatalogWriter:
         row counts. Their vector rows are the caller's to append (:meth:`append_vectors`).
         """
         self._flush()
+        records = StringTable(source, "entities", ext=".jsonl")
         self.ids.add_rows(StringTable(source, "ids"), keep)
-        self.records.add_rows(StringTable(source, "entities", ext=".jsonl"), keep)
+        self.records.add_rows(records, keep)
+        for row in np.flatnonzero(keep).tolist():
+            self.columns.add(json.loads(records[row]))
         self.texts.add_rows(StringTable(source, "texts"), np.repeat(keep, rows_per_entity))
         counts = rows_per_entity[keep]
         first = len(self.ids) - len(counts)
@@ -430,8 +438,10 @@ class CatalogWriter:
         self.vectors.append(block)
 
     def close(self) -> dict[str, int]:
-        """Encode what is pending, close every file; returns the manifest's counts."""
+        """Encode what is pending, close every file; returns the manifest's counts (and
+        sets :attr:`columns_section`, the manifest's ``columns``)."""
         self._flush()
+        self.columns_section = self.columns.close()
         for writer in (self.ids, self.records, self.texts, self.vectors):
             writer.close()
         np.save(
@@ -466,8 +476,9 @@ def _encode_catalog(
     settings: NormalizerSettings,
     batch_size: int,
     show_progress: bool,
-) -> dict[str, int]:
-    """Stream entities into the string tables and encode their texts into ``vectors.npy``."""
+) -> tuple[dict[str, int], dict[str, Any]]:
+    """Stream entities into the string tables, metadata columns and ``vectors.npy`` (their
+    texts encoded); returns the manifest's counts and columns sections."""
     writer = CatalogWriter(tmp, encoder, lexical, settings, batch_size)
     total = (
         len(entities) if hasattr(entities, "__len__") and not isinstance(entities, str) else None
@@ -477,7 +488,8 @@ def _encode_catalog(
         writer.add(entity)
         bar.update(1)
     bar.close()
-    return writer.close()
+    counts = writer.close()
+    return counts, writer.columns_section
 
 
 def default_nlist(n: int, d: int) -> int:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import threading
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from .artifact import (
     open_faiss_index,
     read_manifest,
 )
+from .columns import CORE_FIELDS, Columns
 from .encoders import Encoder, load_encoder
 from .errors import (
     ArtifactCorruptError,
@@ -39,6 +40,7 @@ from .errors import (
     FingerprintMismatchError,
     QueryError,
 )
+from .filters import Selection, make_selection, search_selected
 from .lexical import LexicalSettings, featurize, lexical_vectors
 from .normalize import NormalizerSettings, normalize_text
 from .search import EarlyStop, best_per_entity, search
@@ -48,6 +50,8 @@ Result = dict[str, Any]
 #: Flat searches of a layered artifact fetch this many rows beyond twice what they need,
 #: so hidden rows can be dropped without a selector (see :meth:`MatchIndex._find`).
 HIDDEN_SLACK = 16
+#: Filters whose row masks an opened artifact keeps (the most recent ones).
+SELECTION_CACHE = 8
 #: Manifest fields every layer or shard must share (they decide how a query is encoded).
 SHARED_FIELDS = (
     ("model", "fingerprint"),
@@ -140,6 +144,7 @@ class MatchIndex:
             self.early_stop = None if stop is None else EarlyStop.from_dict(stop)
             self.normalizer = NormalizerSettings.from_dict(manifest["normalizer"])
             self._max_chars = int(manifest.get("max_text_chars", 2048))
+            self.columns = Columns(self.path, manifest.get("columns"), self.n_entities)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ArtifactCorruptError(f"{where}: malformed field ({exc!r})") from None
         if (
@@ -173,6 +178,7 @@ class MatchIndex:
         self._selector: Any = None  # IDSelectorBitmap of the visible vector rows
         self._visible_rows: np.ndarray | None = None  # bool (n_vectors,)
         self._visible = self.n_entities
+        self._selections: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # key -> masks
         self.layers: list[MatchIndex] = []
         if manifest.get("layers"):
             self._open_layers(manifest["layers"], mmap)
@@ -271,6 +277,7 @@ class MatchIndex:
                 f"{self.n_entities} entities; rebuild the artifact"
             )
         self._hidden = np.array(hidden, dtype=bool)
+        self._selections.clear()
         self._visible = self.n_entities - int(self._hidden.sum())
         self._visible_rows = ~self._hidden[np.asarray(self.row_entity)]
         self._bitmap = np.packbits(self._visible_rows, bitorder="little")  # FAISS's bit order
@@ -350,6 +357,9 @@ class MatchIndex:
         nprobe: int | None = None,
         batch_size: int = 4096,
         explain: bool = False,
+        where: Mapping[str, Any] | None = None,
+        candidates: Iterable[str] | None = None,
+        metadata: bool = False,
     ) -> Result | list[Result] | None | list[Result | None] | list[list[Result]]:
         """Match one text or a list of texts.
 
@@ -361,8 +371,15 @@ class MatchIndex:
 
         ``explain=True`` adds ``"dense"`` and ``"lexical"`` cosines and the ``"weight"`` of
         the lexical part to each hit; ``score == (1 - weight) * dense + weight * lexical``.
+
+        ``where`` ({column: condition}, see :meth:`Columns.mask`) and ``candidates``
+        (entity ids) restrict the search to the entities that meet every condition, inside
+        the FAISS search (:mod:`.filters`); ``metadata=True`` adds each hit's
+        ``"metadata"`` (the entity's fields other than id, name and aliases).
         """
-        return self._match(texts, top_k, threshold, nprobe, batch_size, explain, self._search)
+        selection = make_selection(where, candidates)
+        return self._match(texts, top_k, threshold, nprobe, batch_size, explain, self._search,
+                           selection, self if metadata else None)  # fmt: skip
 
     def _match(
         self,
@@ -372,9 +389,13 @@ class MatchIndex:
         nprobe: int | None,
         batch_size: int,
         explain: bool,
-        search_fn: Callable[[np.ndarray, int, float | None, int | None], list[list[Result]]],
+        search_fn: SearchFn,
+        selection: Selection | None = None,
+        records: Any = None,
     ) -> Result | list[Result] | None | list[Result | None] | list[list[Result]]:
-        """:meth:`match` with the search step given: normalize, encode, ``search_fn``, shape."""
+        """:meth:`match` with the search step given: normalize, encode, ``search_fn``
+        (given ``selection``), shape; ``records`` (something with ``get(id)``): add each
+        hit's metadata from it."""
         single = isinstance(texts, str)
         queries = [texts] if single else _as_query_list(texts)
         top_k = _check_top_k(top_k)
@@ -387,12 +408,14 @@ class MatchIndex:
             if keep:
                 texts_in = [norm[i] for i in keep]
                 vectors = featurize(texts_in, self.encoder, self.lexical, batch_size)
-                found = search_fn(vectors, top_k, threshold, nprobe)
+                found = search_fn(vectors, top_k, threshold, nprobe, selection)
                 if explain:
                     self._explain(texts_in, found)
                 for i, hits in zip(keep, found, strict=True):
                     results[i] = hits
             out.extend(results)
+        if records is not None:
+            add_metadata(out, records)
         shaped = [(hits[0] if hits else None) if top_k == 1 else hits for hits in out]
         return shaped[0] if single else shaped
 
@@ -449,32 +472,109 @@ class MatchIndex:
         return normalize_text(text[: self._max_chars], self.normalizer)
 
     def _search(
-        self, vectors: np.ndarray, top_k: int, threshold: float | None, nprobe: int | None
+        self,
+        vectors: np.ndarray,
+        top_k: int,
+        threshold: float | None,
+        nprobe: int | None,
+        selection: Selection | None = None,
     ) -> list[list[Result]]:
         if nprobe is not None and (not isinstance(nprobe, int) or nprobe < 1):
             raise QueryError(f"nprobe must be a positive int, got {nprobe!r}")
-        found = self._search_own(vectors, top_k, threshold, nprobe)
+        if selection is not None:
+            check_selection(self, selection)
+        return self._search_parts(vectors, top_k, threshold, nprobe, selection)
+
+    def _search_parts(
+        self,
+        vectors: np.ndarray,
+        top_k: int,
+        threshold: float | None,
+        nprobe: int | None,
+        selection: Selection | None,
+    ) -> list[list[Result]]:
+        """:meth:`_search` with ``selection`` already checked (by a shard set): this
+        artifact's own index and its layers, merged."""
+        found = self._search_own(vectors, top_k, threshold, nprobe, selection)
         if not self.layers:
             return found
-        per_layer = [layer._search(vectors, top_k, threshold, nprobe) for layer in self.layers]
+        per_layer = [layer._search_own(vectors, top_k, threshold, nprobe, selection)
+                     for layer in self.layers]  # fmt: skip
         return merge_hits([found, *per_layer], top_k)
 
     def _search_own(
-        self, vectors: np.ndarray, top_k: int, threshold: float | None, nprobe: int | None
+        self,
+        vectors: np.ndarray,
+        top_k: int,
+        threshold: float | None,
+        nprobe: int | None,
+        selection: Selection | None = None,
     ) -> list[list[Result]]:
         """:meth:`_search` over this artifact's own index, hidden entities excluded."""
-        if not self._visible:
+        if selection is not None:
+            entities, rows_selected = self.selected_rows(selection)
+            visible = int(entities.sum())
+        else:
+            visible = self._visible
+        if not visible:
             return [[] for _ in vectors]
-        top_k = min(top_k, self._visible)
+        top_k = min(top_k, visible)
         fetch = min(self.n_vectors, (top_k - 1) * self._fetch_per_entity + 1)
-        early = self.early_stop if nprobe is None else None  # a caller's nprobe is exact
-        scores, rows = self._find(vectors, fetch, nprobe or self.nprobe, early)
+        if selection is not None:
+            scores, rows = search_selected(
+                self.index, vectors, fetch, rows_selected, nprobe=nprobe or self.nprobe,
+                vectors=self.vectors, rerank=self._rerank, spill=self.spill,
+            )  # fmt: skip
+        else:
+            early = self.early_stop if nprobe is None else None  # a caller's nprobe is exact
+            scores, rows = self._find(vectors, fetch, nprobe or self.nprobe, early)
         scores, rows, entities = best_per_entity(scores, rows, self.row_entity, top_k)
         np.minimum(scores, 1.0, out=scores)  # float rounding can put a cosine at 1.0000001
         np.maximum(scores, -1.0, out=scores)
         if threshold is not None:
             entities = np.where(scores >= threshold, entities, -1)
         return self._hits(scores, rows, entities)
+
+    def column_names(self) -> list[str]:
+        """The metadata columns a ``where`` filter can name (this artifact's and its
+        layers'), sorted."""
+        names = set(self.columns.names())
+        for layer in self.layers:
+            names.update(layer.column_names())
+        return sorted(names)
+
+    def selected_rows(self, selection: Selection) -> tuple[np.ndarray, np.ndarray]:
+        """(entities bool (n_entities,), vector rows bool (n_vectors,)) of this artifact's
+        own files that ``selection`` keeps, hidden entities excluded; the last
+        ``SELECTION_CACHE`` selections are kept."""
+        cached = self._selections.get(selection.key)
+        if cached is not None:
+            return cached
+        keep = ~self.hidden_mask()
+        for name, condition in selection.where:
+            keep &= self.columns.mask(name, condition)
+        if selection.candidates is not None:
+            wanted = np.zeros(self.n_entities, dtype=bool)
+            rows = [self.row_of(entity_id) for entity_id in selection.candidates]
+            wanted[[row for row in rows if row is not None]] = True
+            keep &= wanted
+        masks = (keep, keep[np.asarray(self.row_entity)])
+        with self._lock:
+            if len(self._selections) >= SELECTION_CACHE:
+                self._selections.pop(next(iter(self._selections)))
+            self._selections[selection.key] = masks
+        return masks
+
+    def selects_ids(self, selection: Selection, ids: Sequence[str]) -> np.ndarray:
+        """bool (len(ids),): which of ``ids`` are visible entities that ``selection`` keeps
+        (in this artifact's own files or a layer)."""
+        out = np.zeros(len(ids), dtype=bool)
+        for part in (self, *self.layers):
+            kept = part.selected_rows(selection)[0]
+            for i, entity_id in enumerate(ids):
+                row = part.row_of(entity_id)
+                out[i] |= row is not None and bool(kept[row])
+        return out
 
     def _hits(
         self, scores: np.ndarray, rows: np.ndarray, entities: np.ndarray
@@ -539,6 +639,36 @@ class MatchIndex:
             f"model={self.manifest['model']['name']!r}, dim={self.dim}, index={info['type']!r}"
             f"{layers})"
         )
+
+
+SearchFn = Callable[
+    [np.ndarray, int, float | None, int | None, Selection | None], list[list[Result]]
+]
+
+
+def check_selection(index: Any, selection: Selection) -> None:
+    """Raise :class:`QueryError` when ``selection`` names a column that ``index`` (a
+    :class:`MatchIndex` or a shard set) lacks, or a candidate id it does not hold."""
+    known = index.column_names()
+    missing = sorted({name for name, _ in selection.where} - set(known))
+    if missing:
+        raise QueryError(f"where: no column {missing[0]!r} in this index; columns: {known}")
+    if selection.candidates is not None:
+        unknown = sorted(c for c in selection.candidates if index.get(c) is None)
+        if unknown:
+            raise QueryError(
+                f"candidates: {len(unknown)} id(s) not in this index (unknown or removed), "
+                f"e.g. {unknown[:3]}"
+            )
+
+
+def add_metadata(found: list[list[Result]], records: Any) -> None:
+    """Add ``"metadata"`` (the entity's fields other than id, name and aliases, from
+    ``records.get(id)``) to every hit, in place."""
+    for hits in found:
+        for hit in hits:
+            record = records.get(hit["id"]) or {}
+            hit["metadata"] = {k: v for k, v in record.items() if k not in CORE_FIELDS}
 
 
 def _field(manifest: dict[str, Any], keys: tuple[str, ...]) -> Any:

@@ -143,8 +143,14 @@ class Matcher:
         top_k: int = 1,
         threshold: float | None = None,
         nprobe: int | None = None,
+        candidates: Iterable[str] | None = None,
+        where: Mapping[str, Any] | None = None,
+        metadata: bool = False,
     ) -> Any:
         """Upstream's shape: dict or None (one text, ``top_k=1``), lists otherwise.
+
+        ``candidates`` (entity ids) and ``where`` ({metadata column: condition}) restrict
+        the search to those entities; ``metadata=True`` adds each hit's ``"metadata"``.
 
         With the "hybrid" scorer (the default after training), ``score`` is the cosine plus
         ``HYBRID_WEIGHT`` times the head's probability of the entity; with "head" it is the
@@ -158,7 +164,8 @@ class Matcher:
 
             self._scorers[self.scorer] = scorer_for(self.index, self.scorer)
         scorer = self._scorers[self.scorer]
-        return scorer.match(texts, top_k=top_k, threshold=threshold, nprobe=nprobe)
+        return scorer.match(texts, top_k=top_k, threshold=threshold, nprobe=nprobe,
+                            where=where, candidates=candidates, metadata=metadata)  # fmt: skip
 
     async def match_async(self, *args: Any, **kwargs: Any) -> Any:
         """:meth:`match` in a worker thread."""

@@ -10,18 +10,20 @@ across shards; if one appears in several, its best hit is kept.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .errors import ArtifactCorruptError, ArtifactIncompatibleError, QueryError
+from .filters import Selection, make_selection
 from .match_index import (
     MatchIndex,
     Result,
     _check_top_k,
     check_compatible,
+    check_selection,
     load_index,
     merge_hits,
 )
@@ -97,11 +99,21 @@ class ShardedIndex:
         nprobe: int | None = None,
         batch_size: int = 4096,
         explain: bool = False,
+        where: Mapping[str, Any] | None = None,
+        candidates: Iterable[str] | None = None,
+        metadata: bool = False,
     ) -> Result | list[Result] | None | list[Result | None] | list[list[Result]]:
-        """As :meth:`MatchIndex.match`, over every shard (``nprobe`` applies to each)."""
+        """As :meth:`MatchIndex.match`, over every shard (``nprobe`` applies to each;
+        ``where`` and ``candidates`` filter every shard)."""
+        selection = make_selection(where, candidates)
+        records = self if metadata else None
         return self.shards[0]._match(
-            texts, top_k, threshold, nprobe, batch_size, explain, self._search
+            texts, top_k, threshold, nprobe, batch_size, explain, self._search, selection, records
         )
+
+    def column_names(self) -> list[str]:
+        """The metadata columns of every shard, sorted."""
+        return sorted({name for shard in self.shards for name in shard.column_names()})
 
     def search_vectors(
         self,
@@ -116,9 +128,17 @@ class ShardedIndex:
         return merge_hits(per_shard, _check_top_k(top_k))
 
     def _search(
-        self, vectors: np.ndarray, top_k: int, threshold: float | None, nprobe: int | None
+        self,
+        vectors: np.ndarray,
+        top_k: int,
+        threshold: float | None,
+        nprobe: int | None,
+        selection: Selection | None = None,
     ) -> list[list[Result]]:
-        per_shard = [shard._search(vectors, top_k, threshold, nprobe) for shard in self.shards]
+        if selection is not None:
+            check_selection(self, selection)  # once for the set: ids live in one shard
+        per_shard = [shard._search_parts(vectors, top_k, threshold, nprobe, selection)
+                     for shard in self.shards]  # fmt: skip
         return merge_hits(per_shard, top_k)
 
     def __repr__(self) -> str:

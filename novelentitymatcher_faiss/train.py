@@ -348,14 +348,24 @@ class HeadScorer:
         top_k: int = 1,
         threshold: float | None = None,
         nprobe: int | None = None,
+        where: Mapping[str, Any] | None = None,
+        candidates: Iterable[str] | None = None,
+        metadata: bool = False,
     ) -> Any:
         """Same shapes as :meth:`MatchIndex.match`: dict/None, or lists of them. ``nprobe``
-        is accepted for a uniform call and unused: the head scores every label."""
-        from .match_index import _as_query_list, _check_top_k
+        is accepted for a uniform call and unused: the head scores every label. ``where``
+        and ``candidates`` keep the labels whose entity meets them."""
+        from .filters import make_selection
+        from .match_index import _as_query_list, _check_top_k, add_metadata, check_selection
 
         single = isinstance(texts, str)
         queries = [texts] if single else _as_query_list(texts)
-        top_k = min(_check_top_k(top_k), len(self.head.labels))
+        selection = make_selection(where, candidates)
+        allowed = np.ones(len(self.head.labels), dtype=bool)
+        if selection is not None:
+            check_selection(self.index, selection)
+            allowed = self.index.selects_ids(selection, self.head.labels)
+        top_k = min(_check_top_k(top_k), max(1, int(allowed.sum())))
         norm = []
         for position, text in enumerate(queries):
             if not isinstance(text, str):
@@ -365,13 +375,16 @@ class HeadScorer:
         out: list[list[dict[str, Any]]] = [[] for _ in queries]
         if keep:
             probs = self.head.probabilities(self.index.encoder.encode([norm[i] for i in keep]))
+            probs[:, ~allowed] = -np.inf
             order = np.argsort(-probs, axis=1, kind="stable")[:, :top_k]
             for i, row, best in zip(keep, probs, order, strict=True):
                 out[i] = [
                     {"id": self.head.labels[j], "score": float(row[j]), "text": self.names[j]}
                     for j in best
-                    if threshold is None or row[j] >= threshold
+                    if allowed[j] and (threshold is None or row[j] >= threshold)
                 ]
+        if metadata:
+            add_metadata(out, self.index)
         shaped = [(hits[0] if hits else None) if top_k == 1 else hits for hits in out]
         return shaped[0] if single else shaped
 
@@ -403,9 +416,19 @@ class HybridScorer:
         threshold: float | None = None,
         nprobe: int | None = None,
         batch_size: int = 4096,
+        where: Mapping[str, Any] | None = None,
+        candidates: Iterable[str] | None = None,
+        metadata: bool = False,
     ) -> Any:
-        """Same shapes as :meth:`MatchIndex.match`: dict/None, or lists of them."""
-        return self.index._match(texts, top_k, threshold, nprobe, batch_size, False, self._search)
+        """Same shapes as :meth:`MatchIndex.match`: dict/None, or lists of them; ``where``
+        and ``candidates`` filter the index search and the labelled entities alike."""
+        from .filters import make_selection
+
+        selection = make_selection(where, candidates)
+        records = self.index if metadata else None
+        return self.index._match(
+            texts, top_k, threshold, nprobe, batch_size, False, self._search, selection, records
+        )
 
     def labelled_rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(rows int64 (r,), head column of each int64 (r,), index vectors float32 (r, dim))
@@ -430,17 +453,29 @@ class HybridScorer:
         return self._labelled
 
     def _search(
-        self, vectors: np.ndarray, top_k: int, threshold: float | None, nprobe: int | None
+        self,
+        vectors: np.ndarray,
+        top_k: int,
+        threshold: float | None,
+        nprobe: int | None,
+        selection: Any = None,
     ) -> list[list[dict[str, Any]]]:
-        """Search float32 (nq, dim) index vectors, re-rank, keep ``top_k`` over ``threshold``."""
+        """Search float32 (nq, dim) index vectors, re-rank, keep ``top_k`` over ``threshold``;
+        ``selection`` (a :class:`~.filters.Selection`) filters both."""
         from .search import best_per_entity
 
-        found = self.index._search(vectors, top_k, None, nprobe)
+        found = self.index._search(vectors, top_k, None, nprobe, selection)
         dense = vectors[:, : self.index.model_dim]
         if self.index.lexical is not None:  # undo the index's weighting of the dense part
             dense = dense / np.sqrt(1.0 - self.index.lexical.weight)
         probabilities = self.head.probabilities(dense)
         rows, columns, label_vectors = self.labelled_rows()
+        if selection is not None:
+            kept = self.index.selected_rows(selection)[1][rows]
+            rows, columns, label_vectors = rows[kept], columns[kept], label_vectors[kept]
+            if not len(rows):
+                return [[h for h in hits if threshold is None or h["score"] >= threshold][:top_k]
+                        for hits in found]  # fmt: skip
         scores = np.clip(vectors @ label_vectors.T, -1.0, 1.0)
         scores += self.weight * probabilities[:, columns]
         order = np.argsort(-scores, axis=1, kind="stable")

@@ -307,6 +307,7 @@ def _write_compacted(old: MatchIndex, tmp: Path, change: _Change) -> None:
         shutil.copytree(old.path / MODEL_DIR, tmp / MODEL_DIR)
     reused = int(kept_rows.sum())
     manifest = _manifest(old, counts, change, reused, counts["vectors"] - reused)
+    manifest["columns"] = writer.columns_section
     manifest["files"] = file_records(tmp)
     write_manifest(tmp, manifest)
 

@@ -1,0 +1,176 @@
+"""Search-time filters: ``where`` (metadata conditions) and ``candidates`` (entity ids).
+
+A :class:`Selection` is checked once per ``match`` call; each opened artifact (and each of
+its layers and shards) turns it into a bool mask of its own vector rows
+(:meth:`~novelentitymatcher_faiss.match_index.MatchIndex.selected_rows`), and
+:func:`search_selected` searches only those rows, inside FAISS:
+
+- few selected rows (at most ``EXACT_SCAN_MAX_ROWS``) and the vectors at hand (the stored
+  ``vectors.npy``, or the raw vectors of a flat or HNSW-flat index): an exact scan of just
+  those rows, blockwise;
+- otherwise one FAISS search with an ``IDSelectorBitmap`` of the selected rows in its
+  ``SearchParameters``: exact on flat indexes; on IVF indexes ``nprobe`` grows by the
+  inverse of the selected share (so as many selected vectors are scanned as an unfiltered
+  search scans vectors), up to every list; on HNSW, efSearch grows the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .errors import QueryError
+from .search import ExactTopK, search
+
+#: Filters that leave at most this many vector rows are answered by an exact scan of those
+#: rows when their vectors can be read (docs/benchmarks.md, filtered search).
+EXACT_SCAN_MAX_ROWS = 50_000
+#: Rows per block of the exact scan (float32 blocks of this many rows x d).
+EXACT_SCAN_BLOCK = 16_384
+#: HNSW efSearch is never raised past this by a filter.
+MAX_FILTERED_EF_SEARCH = 4096
+
+
+@dataclass(frozen=True)
+class Selection:
+    """A checked filter: ``where`` {column: condition} and/or ``candidates`` (entity ids).
+
+    ``key`` is a canonical JSON text of both, for caching the masks it gives."""
+
+    where: tuple[tuple[str, Any], ...] = ()
+    candidates: frozenset[str] | None = None
+    key: str = ""
+
+
+def make_selection(
+    where: Mapping[str, Any] | None = None, candidates: Iterable[str] | None = None
+) -> Selection | None:
+    """A :class:`Selection`, or None when neither filter is given; raises
+    :class:`QueryError` naming the malformed part."""
+    if where is None and candidates is None:
+        return None
+    if where is not None and not isinstance(where, Mapping):
+        raise QueryError(f"where must be a dict {{column: condition}}, got {type(where).__name__}")
+    pairs = []
+    for name, condition in (where or {}).items():
+        if not isinstance(name, str) or not name:
+            raise QueryError(f"where: column names must be non-empty strings, got {name!r}")
+        pairs.append((name, _plain(condition, name)))
+    ids = None
+    if candidates is not None:
+        if isinstance(candidates, str | bytes) or not isinstance(candidates, Iterable):
+            raise QueryError("candidates must be a list of entity ids, not a single string")
+        ids = frozenset(candidates)
+        bad = [c for c in ids if not isinstance(c, str)]
+        if bad:
+            raise QueryError(f"candidates must be entity id strings, got {bad[0]!r}")
+    key = json.dumps([pairs, sorted(ids) if ids is not None else None], sort_keys=True)
+    return Selection(tuple(pairs), ids, key)
+
+
+def _plain(condition: Any, name: str) -> Any:
+    """``condition`` with sets turned into sorted lists (a JSON-able, canonical form)."""
+    if isinstance(condition, set | frozenset | tuple | list):
+        items = [_plain(item, name) for item in condition]
+        return sorted(items, key=repr) if isinstance(condition, set | frozenset) else items
+    if isinstance(condition, Mapping):
+        return {str(k): _plain(v, name) for k, v in condition.items()}
+    if condition is None or isinstance(condition, str | bool | int | float):
+        if isinstance(condition, float) and not math.isfinite(condition):
+            raise QueryError(f"where[{name!r}]: {condition!r} is not a comparable value")
+        return condition
+    raise QueryError(
+        f"where[{name!r}]: conditions are values, lists of values or dicts of operators, "
+        f"got {type(condition).__name__}"
+    )
+
+
+def flat_vectors(index) -> np.ndarray | None:  # noqa: ANN001 - a faiss.Index
+    """The raw float32 (ntotal, d) vectors of a flat or HNSW-flat index, read in place
+    (memory-mapped when the index is), else None."""
+    import faiss
+
+    if isinstance(index, faiss.IndexHNSW):
+        index = faiss.downcast_index(index.storage)
+    if type(index) not in (faiss.IndexFlat, faiss.IndexFlatIP) or index.ntotal == 0:
+        return None
+    return faiss.rev_swig_ptr(index.get_xb(), index.ntotal * index.d).reshape(
+        index.ntotal, index.d
+    )
+
+
+def exact_scan(
+    queries: np.ndarray, vectors: np.ndarray, rows: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-``k`` (scores float32 (nq, k), rows int64 (nq, k), -1 padded) of
+    ``queries`` float32 (nq, d) over the given ``rows`` int64 (m,) of ``vectors``."""
+    exact = ExactTopK(queries, min(k, len(rows)))
+    for start in range(0, len(rows), EXACT_SCAN_BLOCK):
+        exact.add(start, np.asarray(vectors[rows[start : start + EXACT_SCAN_BLOCK]], np.float32))
+    scores, local = exact.result()
+    found = np.where(local >= 0, rows[np.maximum(local, 0)], -1)
+    if k > found.shape[1]:  # fewer selected rows than asked for
+        pad = k - found.shape[1]
+        scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+        found = np.pad(found, ((0, 0), (0, pad)), constant_values=-1)
+    return np.ascontiguousarray(scores, np.float32), np.ascontiguousarray(found, np.int64)
+
+
+def filtered_breadth(index, nprobe: int | None, share: float) -> int | None:  # noqa: ANN001
+    """The search breadth (IVF nprobe, HNSW efSearch) for a filter keeping ``share`` of the
+    vectors: the stored breadth divided by the share, capped at every list (or
+    ``MAX_FILTERED_EF_SEARCH``); None for other indexes."""
+    import faiss
+
+    if isinstance(index, faiss.IndexHNSW):
+        base = nprobe or index.hnsw.efSearch
+        return int(min(max(base, MAX_FILTERED_EF_SEARCH), math.ceil(base / share)))
+    try:
+        ivf = faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return nprobe
+    base = nprobe or ivf.nprobe
+    return int(min(ivf.nlist, math.ceil(base / share)))
+
+
+def search_selected(
+    index,  # noqa: ANN001 - a faiss.Index
+    queries: np.ndarray,
+    k: int,
+    selected: np.ndarray,
+    *,
+    nprobe: int | None = None,
+    vectors: np.ndarray | None = None,
+    rerank: int = 0,
+    spill: int = 1,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` (scores float32 (nq, k), rows int64 (nq, k), -1 padded) of ``queries``
+    among the vector rows where ``selected`` (bool (n_vectors,)) is set; see the module
+    docstring for how. ``vectors``: the artifact's stored float32 vectors, if any."""
+    import faiss
+
+    rows = np.flatnonzero(selected)
+    if not len(rows):
+        return (np.full((len(queries), k), -np.inf, np.float32),
+                np.full((len(queries), k), -1, np.int64))  # fmt: skip
+    source = vectors if vectors is not None else flat_vectors(index)
+    if source is not None and len(rows) <= EXACT_SCAN_MAX_ROWS:
+        return exact_scan(queries, source, rows, k)
+    bitmap = np.packbits(selected, bitorder="little")  # FAISS's bit order
+    selector = faiss.IDSelectorBitmap(len(selected), faiss.swig_ptr(bitmap))
+    breadth = filtered_breadth(index, nprobe, len(rows) / len(selected))
+    scores, found = search(
+        index, queries, min(k, len(rows)), nprobe=breadth, vectors=vectors, rerank=rerank,
+        selector=selector, spill=spill,
+    )  # fmt: skip
+    del bitmap  # the selector reads it until here
+    if found.shape[1] < k:
+        pad = k - found.shape[1]
+        scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+        found = np.pad(found, ((0, 0), (0, pad)), constant_values=-1)
+    return scores, found
