@@ -112,6 +112,19 @@ def _parser() -> argparse.ArgumentParser:
                        help="another artifact searched together with the first (repeatable)")
     query.add_argument("--scorer", default=None, metavar="{hybrid,index,head}",
                        help="for trained artifacts (default: the artifact's, hybrid)")
+    _filter_arguments(query)
+    query.add_argument("--metadata", action="store_true", help="print each hit's metadata")
+
+    diagnose = commands.add_parser(
+        "diagnose", help="a query's best candidates, their score parts and the decision"
+    )
+    diagnose.add_argument("artifact")
+    diagnose.add_argument("text")
+    diagnose.add_argument("--top-k", type=int, default=5)
+    diagnose.add_argument("--threshold", type=float, default=None)
+    diagnose.add_argument("--entity", default=None, metavar="ID",
+                          help="explain the score against this entity instead")
+    _filter_arguments(diagnose)
 
     info = commands.add_parser("info", help="print an artifact's manifest summary")
     info.add_argument("artifact")
@@ -130,6 +143,60 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _filter_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--where", action="append", default=[], metavar="COLUMN=VALUE",
+        help="only entities whose metadata COLUMN is VALUE (repeat a column for any of "
+        "several values; COLUMN>=VALUE, >, <=, < and != compare), or a JSON object of "
+        "conditions",
+    )  # fmt: skip
+    parser.add_argument("--candidates", default=None, metavar="ID,ID,...",
+                        help="only these entity ids (comma-separated, or @FILE: one per line)")
+
+
+#: ``--where`` comparison signs and the operators they stand for (longest first).
+_SIGNS = ((">=", "gte"), ("<=", "lte"), ("!=", "ne"), (">", "gt"), ("<", "lt"), ("=", "eq"))
+
+
+def parse_filters(
+    where: Sequence[str], candidates: str | None
+) -> tuple[dict[str, Any] | None, list[str] | None]:
+    """``--where`` and ``--candidates`` as ``match``'s ``where`` and ``candidates``;
+    raises ValueError naming a malformed one. Values stay strings: the columns convert
+    them to their type."""
+    conditions: dict[str, Any] = {}
+    for item in where:
+        if item.lstrip().startswith("{"):
+            try:
+                parsed = json.loads(item)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"--where {item!r}: invalid JSON ({exc.msg})") from None
+            if not isinstance(parsed, dict):
+                raise ValueError(f"--where {item!r}: a JSON filter must be an object")
+            conditions.update(parsed)
+            continue
+        sign, op = next(((s, o) for s, o in _SIGNS if s in item), (None, None))
+        column, _, value = item.partition(sign) if sign else ("", "", "")
+        if not column.strip():
+            raise ValueError(f"--where {item!r}: expected COLUMN=VALUE (or >=, >, <=, <, !=)")
+        column = column.strip()
+        current = conditions.setdefault(column, {})
+        if not isinstance(current, dict):
+            raise ValueError(f"--where: column {column!r} given both as JSON and COLUMN=VALUE")
+        if op == "eq":
+            current.setdefault("in", []).append(value)
+        else:
+            current[op] = value
+    ids = None
+    if candidates is not None:
+        if candidates.startswith("@"):
+            with open(candidates[1:], encoding="utf-8") as handle:
+                ids = [line.strip() for line in handle if line.strip()]
+        else:
+            ids = [part.strip() for part in candidates.split(",") if part.strip()]
+    return conditions or None, ids
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``nem-faiss``; returns the exit status (2 for library errors)."""
     args = _parser().parse_args(argv)
@@ -139,6 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "train": _train,
             "update": _update,
             "query": _query,
+            "diagnose": _diagnose,
             "info": _info,
             "verify": _verify,
             "models": _models,
@@ -245,7 +313,10 @@ def _print_hits(text: str, hits: list[dict[str, Any]], as_json: bool) -> None:
     if not hits:
         print(f"{text}\t-\t(no match)")
     for hit in hits:
-        print(f"{text}\t{hit['id']}\t{hit['score']:.4f}\t{hit['text']}")
+        extra = ""
+        if "metadata" in hit:
+            extra = "\t" + json.dumps(hit["metadata"], ensure_ascii=False, sort_keys=True)
+        print(f"{text}\t{hit['id']}\t{hit['score']:.4f}\t{hit['text']}{extra}")
 
 
 def _query(args: argparse.Namespace) -> int:
@@ -254,7 +325,9 @@ def _query(args: argparse.Namespace) -> int:
     from .train import scorer_for
 
     index = load_shards([args.artifact, *args.shard]) if args.shard else load_index(args.artifact)
-    kwargs = {"top_k": args.top_k, "threshold": args.threshold, "nprobe": args.nprobe}
+    where, candidates = parse_filters(args.where, args.candidates)
+    kwargs = {"top_k": args.top_k, "threshold": args.threshold, "nprobe": args.nprobe,
+              "where": where, "candidates": candidates, "metadata": args.metadata}  # fmt: skip
     index = scorer_for(index, args.scorer)  # a shard set: the index only
     if args.texts:
         batches = [args.texts]
@@ -266,6 +339,21 @@ def _query(args: argparse.Namespace) -> int:
         results = index.match(list(texts), **kwargs)
         for text, hits in zip(texts, results, strict=True):
             _print_hits(text, hits if isinstance(hits, list) else [hits] if hits else [], as_json)
+    return 0
+
+
+def _diagnose(args: argparse.Namespace) -> int:
+    from .diagnostics import diagnose, explain_match
+    from .match_index import load_index
+
+    index = load_index(args.artifact)
+    where, candidates = parse_filters(args.where, args.candidates)
+    if args.entity is not None:
+        report = explain_match(index, args.text, args.entity)
+    else:
+        report = diagnose(index, args.text, threshold=args.threshold, top_k=args.top_k,
+                          where=where, candidates=candidates)  # fmt: skip
+    print(json.dumps(report, indent=2, ensure_ascii=False))
     return 0
 
 
@@ -322,6 +410,11 @@ def _info(args: argparse.Namespace) -> int:
     else:
         print("lexical:    none (dense only)")
     print(f"counts:     {counts['entities']} entities, {counts['vectors']} vectors")
+    fields = (manifest.get("columns") or {}).get("fields", {})
+    if fields:
+        listed = ", ".join(f"{name} ({info['type']}, {info['rows']} rows)"
+                           for name, info in sorted(fields.items()))  # fmt: skip
+        print(f"columns:    {listed}")
     print(f"size:       {size / 1e6:.1f} MB in {len(manifest['files'])} files")
     print(f"built:      {manifest.get('created_at')} in {manifest.get('build_seconds')} s")
     return 0

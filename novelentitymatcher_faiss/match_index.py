@@ -312,6 +312,11 @@ class MatchIndex:
             warnings.simplefilter("ignore")  # truncation warnings were given at build time
             return load_encoder(source, embedding_dim=dim, show_progress=False)
 
+    @property
+    def max_text_chars(self) -> int:
+        """Texts are cut to this many characters before normalizing (from the manifest)."""
+        return self._max_chars
+
     # -- queries -----------------------------------------------------------------------
     def __len__(self) -> int:
         """Entities a query can return (those of every layer, hidden ones excluded)."""

@@ -167,6 +167,55 @@ class Matcher:
         return scorer.match(texts, top_k=top_k, threshold=threshold, nprobe=nprobe,
                             where=where, candidates=candidates, metadata=metadata)  # fmt: skip
 
+    def explain_match(self, query: str, entity_id: str) -> dict[str, Any]:
+        """Why ``query`` scores what it does against ``entity_id``: its best text, the dense
+        and lexical parts of the score, shared words and n-grams, its rank, and whether it
+        clears this Matcher's threshold (see :func:`~.diagnostics.explain_match`). Scores
+        are the index's (for a trained artifact, before the head's re-ranking)."""
+        from .diagnostics import explain_match
+
+        explained = explain_match(self._opened(), query, entity_id)
+        score = explained["score"]
+        explained["threshold"] = self.threshold
+        explained["above_threshold"] = score is not None and score >= self.threshold
+        return explained
+
+    def diagnose(
+        self,
+        query: str,
+        top_k: int = 5,
+        where: Mapping[str, Any] | None = None,
+        candidates: Iterable[str] | None = None,
+    ) -> dict[str, Any]:
+        """The best ``top_k`` candidates of ``query`` with their score parts, and the
+        decision at this Matcher's threshold with its reason (see
+        :func:`~.diagnostics.diagnose`); index scores, as :meth:`explain_match`."""
+        from .diagnostics import diagnose
+
+        return diagnose(self._opened(), query, threshold=self.threshold, top_k=top_k,
+                        where=where, candidates=candidates)  # fmt: skip
+
+    def get_training_info(self) -> dict[str, Any]:
+        """How the index was made: ``{"trained", "mode", "model", "entities", "scorer",
+        "threshold", **the artifact's training record}`` (examples, labels, steps, time and
+        versions for a trained artifact)."""
+        index = self._opened()
+        training = dict(index.manifest.get("training") or {})
+        return {
+            "trained": bool(training),
+            "mode": training.pop("mode", "zero-shot"),
+            "model": index.manifest["model"]["name"],
+            "entities": len(index),
+            "scorer": self.scorer or training.get("default_scorer", "index"),
+            "threshold": self.threshold,
+            **training,
+        }
+
+    def _opened(self) -> MatchIndex:
+        if self.index is None:
+            raise NemFaissError("call fit() (or Matcher.load) first")
+        return self.index
+
     async def match_async(self, *args: Any, **kwargs: Any) -> Any:
         """:meth:`match` in a worker thread."""
         return await asyncio.to_thread(self.match, *args, **kwargs)
