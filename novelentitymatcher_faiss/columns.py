@@ -153,7 +153,9 @@ class Columns:
     def mask(self, name: str, condition: Any) -> np.ndarray:
         """bool (n,): the entity rows whose ``name`` value meets ``condition``: a value
         (equality), a list/tuple/set (any of), ``None`` (no value), or a dict of
-        :data:`OPERATORS` (all must hold). A column this artifact lacks has no values."""
+        :data:`OPERATORS` (all must hold). A row with no value meets only ``None``
+        (``eq``, or inside ``in``) and ``{"ne": None}``: every comparison, ``ne`` and
+        ``not_in`` included, fails on it. A column this artifact lacks has no values."""
         kind = self.fields[name]["type"] if name in self.fields else "missing"
         if kind == "json":
             raise QueryError(
@@ -183,7 +185,7 @@ class Columns:
             out = np.zeros(self.n, dtype=bool)
             for item in value:
                 out |= self._op(name, kind, "eq", item)
-            return ~out if op == "not_in" else out
+            return ~out & ~nulls if op == "not_in" else out
         if value is None:
             if op not in ("eq", "ne"):
                 raise QueryError(f"where[{name!r}]: {op!r} needs a value, got None")
