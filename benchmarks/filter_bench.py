@@ -117,6 +117,46 @@ def timings(call: Any, texts: list[str], rounds: int) -> dict[str, float]:
     return {"batch_qps": statistics.median(qps), "single_p50_ms": statistics.median(p50)}
 
 
+SWEEP_SHARES = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
+SWEEP_BATCH = 64
+
+
+def path_sweep(index: Any, texts: list[str], rounds: int) -> list[dict[str, Any]]:
+    """Per-query ms of the selector and exact-scan paths, one query at a time (p50 of 30)
+    and in batches of ``SWEEP_BATCH``, at each of ``SWEEP_SHARES``: where the library's
+    ``EXACT_SCAN_MAX_ROWS`` and ``EXACT_SCAN_BATCH_MAX_ROWS`` come from."""
+    from artifact_bench import latencies_ms
+
+    from novelentitymatcher_faiss import filters
+
+    saved = filters.EXACT_SCAN_MAX_ROWS, filters.EXACT_SCAN_BATCH_MAX_ROWS
+    out = []
+    for share in SWEEP_SHARES:
+        where = {"bucket": {"lt": round(share * 100)}}  # buckets are whole percents
+        rows = int(index.selected_rows(filters.make_selection(where))[1].sum())
+        figures: dict[str, Any] = {"share": share, "rows": rows}
+        for name, limit in (("selector", 0), ("exact", 10**12)):
+            filters.EXACT_SCAN_MAX_ROWS = filters.EXACT_SCAN_BATCH_MAX_ROWS = limit
+
+            def one(t: str, where: dict = where) -> Any:
+                return index.match(t, top_k=TOP_K, where=where)
+
+            faiss_threads(1)
+            single = [statistics.median(latencies_ms(one, texts[:30])) for _ in range(rounds)]
+            faiss_threads(2)
+            batch = []
+            for _ in range(rounds):
+                start = time.perf_counter()
+                index.match(texts[:SWEEP_BATCH], top_k=TOP_K, where=where)
+                batch.append((time.perf_counter() - start) * 1e3 / SWEEP_BATCH)
+            figures[f"{name}_single_ms"] = statistics.median(single)
+            figures[f"{name}_batch_ms_per_query"] = statistics.median(batch)
+        filters.EXACT_SCAN_MAX_ROWS, filters.EXACT_SCAN_BATCH_MAX_ROWS = saved
+        print("  sweep", figures)
+        out.append(figures)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", default="1M")
@@ -124,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--rebuild", action="store_true")
+    parser.add_argument("--sweep", action="store_true",
+                        help="only time both paths at more shares (one query, and batches)")
     args = parser.parse_args(argv)
     threads = pin_threads(2)
     import artifact_bench
@@ -144,11 +186,26 @@ def main(argv: list[str] | None = None) -> int:
     vectors = featurize([normalize_text(t, index.normalizer) for t in texts], index.encoder,
                         index.lexical)  # fmt: skip
     print(f"  {index!r}, nprobe {index.nprobe}")
+    if args.sweep:
+        sweep = path_sweep(index, texts, args.rounds)
+        label = make_catalog.size_label(size)
+        headers = ["selected", "rows", "selector 1 query ms", "exact 1 query ms",
+                   f"selector ms/query, batch {SWEEP_BATCH}",
+                   f"exact ms/query, batch {SWEEP_BATCH}"]  # fmt: skip
+        table = [[f"{f['share']:.1%}", f"{f['rows']:,}", f"{f['selector_single_ms']:.2f}",
+                  f"{f['exact_single_ms']:.2f}", f"{f['selector_batch_ms_per_query']:.2f}",
+                  f"{f['exact_batch_ms_per_query']:.2f}"] for f in sweep]  # fmt: skip
+        markdown = (f"# Filtered search paths ({label}, {index.manifest['index']['type']})\n\n"
+                    f"`python benchmarks/filter_bench.py --size {args.size} --sweep`\n\n"
+                    + markdown_table(headers, table))  # fmt: skip
+        write_results(f"filter-sweep-{label}-{args.kind}", {**info, "sweep": sweep}, markdown)
+        print(markdown)
+        return 0
     plain = timings(lambda q: index.match(q, top_k=TOP_K), texts, args.rounds)
     out: dict[str, Any] = {"unfiltered": plain, "shares": []}
     table = [["no filter", "100%", "", "", "", f"{plain['batch_qps']:,.0f}",
               f"{plain['single_p50_ms']:.2f}"]]  # fmt: skip
-    default_limit = filters.EXACT_SCAN_MAX_ROWS
+    default_limit = filters.EXACT_SCAN_MAX_ROWS, filters.EXACT_SCAN_BATCH_MAX_ROWS
     for share in SHARES:
         where = {"bucket": {"lt": round(share * 100)}}
         ids, best = truth(index, vectors, share)
@@ -157,7 +214,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         kept = int(entities.sum())
         selected_rows = int(selected.sum())
-        library = "exact scan" if selected_rows <= default_limit else "selector"
+        library = "exact scan" if selected_rows <= default_limit[0] else "selector"
+        if default_limit[0] < selected_rows <= default_limit[1]:
+            library = "exact scan in batches, else selector"
         keep = set(index.ids.take(list(map(int, entities.nonzero()[0]))))
 
         def post_filter(q: list[str], keep: set[str] = keep) -> list[list[dict[str, Any]]]:
@@ -166,15 +225,15 @@ def main(argv: list[str] | None = None) -> int:
 
         paths = {
             f"library ({library})": (default_limit, None),
-            "selector forced": (0, None),
-            "exact scan forced": (10**12, None),
+            "selector forced": ((0, 0), None),
+            "exact scan forced": ((10**12, 10**12), None),
             f"post-filter of the top {POST_FILTER_FETCH}": (default_limit, post_filter),
         }
         for name, (limit, call) in paths.items():
-            filters.EXACT_SCAN_MAX_ROWS = limit
+            filters.EXACT_SCAN_MAX_ROWS, filters.EXACT_SCAN_BATCH_MAX_ROWS = limit
             run = call or (lambda q, where=where: index.match(q, top_k=TOP_K, where=where))
             figures = {**recall(run(texts), ids, best), **timings(run, texts, args.rounds)}
-            filters.EXACT_SCAN_MAX_ROWS = default_limit
+            filters.EXACT_SCAN_MAX_ROWS, filters.EXACT_SCAN_BATCH_MAX_ROWS = default_limit
             out["shares"].append({"share": share, "entities": kept, "rows": selected_rows,
                                   "path": name, **figures})  # fmt: skip
             table.append([name, f"{share:.0%}", f"{kept:,}", f"{figures['recall_at_1']:.3f}",
@@ -190,11 +249,12 @@ def main(argv: list[str] | None = None) -> int:
         f"`python benchmarks/filter_bench.py --size {args.size} --kind {args.kind}`; "
         f"{args.queries} one-letter-typo names, top {TOP_K}; recall against exact filtered "
         f"search over the artifact's vectors; medians of {args.rounds} rounds; "
-        f"exact scan up to {default_limit:,} selected rows.\n\n"
+        f"exact scan up to {default_limit[0]:,} selected rows for one query, "
+        f"{default_limit[1]:,} in batches.\n\n"
         + markdown_table(headers, table)
     )
     data = {"size": size, "kind": args.kind, "queries": args.queries, **info,
-            "exact_scan_max_rows":
+            "exact_scan_max_rows, batch":
             default_limit, "index": index.manifest["index"]["type"], "nprobe": index.nprobe,
             **out}  # fmt: skip
     write_results(f"filter-{label}-{args.kind}", data, markdown)

@@ -68,6 +68,8 @@ class Matcher:
         num_epochs: int = 1,
         batch_size: int | None = None,
         seed: int = 0,
+        texts: Sequence[str] | None = None,
+        labels: Sequence[str] | None = None,
         **kwargs: Any,
     ) -> Matcher:
         """Build the index from ``entities``, training first when examples are given.
@@ -79,7 +81,9 @@ class Matcher:
         to mpnet, with a warning). ``batch_size`` is the training batch (16) when training,
         the encoding batch otherwise. Other keyword arguments go to
         :func:`~novelentitymatcher_faiss.train.train_index` (``max_steps``, ``distill``,
-        ``learning_rate``, ...) or, zero-shot, to :func:`build_index`. Returns ``self``.
+        ``learning_rate``, ...) or, zero-shot, to :func:`build_index`. ``texts`` and
+        ``labels`` (upstream's other form) give the same examples as two lists. Returns
+        ``self``.
         """
         from .build import build_index
         from .train import train_index
@@ -88,6 +92,12 @@ class Matcher:
             raise NemFaissError(
                 "this Matcher has no entities to fit; use Matcher.load(path) instead"
             )
+        if texts is not None or labels is not None:
+            if training_data is not None:
+                raise TrainingError("give training_data or texts and labels, not both")
+            if texts is None or labels is None or len(texts) != len(labels):
+                raise TrainingError("texts and labels must be two lists of the same length")
+            training_data = [{"text": t, "label": y} for t, y in zip(texts, labels, strict=True)]
         mode = mode or self.mode
         if mode is not None and mode not in MODES:
             raise TrainingError(f"mode {mode!r} is not available; choose one of {MODES}")
