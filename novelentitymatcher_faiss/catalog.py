@@ -2,7 +2,8 @@
 
 An entity is a dict ``{"id": str, "name": str, "aliases": [str, ...], **metadata}``.
 Sources: an iterable of such dicts, or a path to a ``.csv`` (aliases ``|``-separated),
-``.jsonl`` or ``.json`` file. Every error names the offending row (1-based).
+``.jsonl``, ``.json`` or ``.parquet`` file (with pyarrow installed; typed columns, aliases
+a list or ``|``-separated string). Every error names the offending row (1-based).
 """
 
 from __future__ import annotations
@@ -111,10 +112,11 @@ def _iter_rows(path: str | os.PathLike[str]) -> Iterator[tuple[str, Mapping[str,
     if not path.is_file():
         raise CatalogError(f"{path}: catalog file not found")
     suffix = path.suffix.lower()
-    readers = {".csv": _csv_rows, ".jsonl": _jsonl_rows, ".json": _json_rows}
+    readers = {".csv": _csv_rows, ".jsonl": _jsonl_rows, ".json": _json_rows,
+               ".parquet": _parquet_rows}  # fmt: skip
     if suffix not in readers:
         raise CatalogError(
-            f"{path}: unsupported catalog format {suffix!r}; use .csv, .jsonl or .json"
+            f"{path}: unsupported catalog format {suffix!r}; use .csv, .jsonl, .json or .parquet"
         )
     try:
         yield from readers[suffix](path)
@@ -157,6 +159,30 @@ def _json_rows(path: Path) -> Iterator[tuple[str, Mapping[str, Any]]]:
         raise CatalogError(f"{path}: expected a JSON list of entities (or {{'entities': [...]}})")
     for number, item in enumerate(data, start=1):
         yield f"{path}, entity {number}", item
+
+
+def _parquet_rows(path: Path) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    """Rows of a Parquet file, read in record batches (pyarrow, imported here)."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise CatalogError(
+            f"{path}: reading Parquet catalogs needs pyarrow (pip install pyarrow)"
+        ) from None
+    try:
+        handle = pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow raises its own error types for damaged files
+        raise CatalogError(f"{path}: unreadable Parquet file ({exc})") from None
+    missing = [c for c in _REQUIRED_COLUMNS if c not in handle.schema_arrow.names]
+    if missing:
+        raise CatalogError(
+            f"{path}: missing column(s) {missing}; found {handle.schema_arrow.names}"
+        )
+    number = 0
+    for batch in handle.iter_batches(batch_size=65536):
+        for row in batch.to_pylist():
+            number += 1
+            yield f"{path}, row {number}", row
 
 
 def _loads(text: str, where: str) -> Any:

@@ -328,3 +328,26 @@ def test_matcher_parity_candidates_explain_diagnose_training_info(zones):
     assert info["entities"] == len(zones)
     with pytest.raises(QueryError, match="no entity"):
         matcher.explain_match("london", "Nowhere/None")
+
+
+def test_parquet_catalog_gives_typed_columns(zones, tmp_path):
+    """A Parquet catalog keeps its column types: the ISO 3166 numeric code of each zone's
+    country (from pycountry) is an int column, aliases a list column."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import pycountry
+
+    numeric = {c.alpha_2: int(c.numeric) for c in pycountry.countries}
+    rows = [{"id": z["id"], "name": z["name"], "aliases": z["aliases"],
+             "country_code": z.get("country_code"),
+             "iso_numeric": numeric.get(z.get("country_code"))} for z in zones]  # fmt: skip
+    path = tmp_path / "zones.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    index = build_index(path, tmp_path / "pq-zones", index_type="flat", show_progress=False)
+    fields = index.manifest["columns"]["fields"]
+    assert fields["iso_numeric"]["type"] == "int" and fields["country_code"]["type"] == "string"
+    hit = index.match("londn", where={"iso_numeric": 826}, metadata=True)  # 826: GB
+    assert hit["id"] == "Europe/London" and hit["metadata"]["iso_numeric"] == 826
+    europe = index.match("berlin", top_k=50, where={"iso_numeric": {"gte": 200, "lt": 300}})
+    assert europe and all(numeric[index.get(h["id"])["country_code"]] in range(200, 300)
+                          for h in europe)  # fmt: skip

@@ -66,3 +66,19 @@ def test_errors_are_clear(entities):
         Matcher(entities=entities, mode="telepathy")
     with pytest.raises(TrainingError, match="zero-shot"):
         Matcher(entities=entities).fit([{"text": "Harvard", "label": "harvard_university"}])
+
+
+def test_fit_takes_texts_and_labels_as_upstream(entities):
+    """Upstream's ``fit(texts=[...], labels=[...])``: the same examples as two lists."""
+    texts = ["Harvard College", "Crimson university", "MIT Boston", "Tech Institute Cambridge"]
+    mit = "massachusetts_institute_of_technology"
+    labels = ["harvard_university", "harvard_university", mit, mit]
+    matcher = Matcher(entities=entities, model="minilm").fit(texts=texts, labels=labels)
+    info = matcher.get_training_info()
+    assert info["trained"] is True and info["mode"] == "head-only"
+    assert matcher.match("Harvard College")["id"] == "harvard_university"
+    with pytest.raises(TrainingError, match="same length"):
+        Matcher(entities=entities).fit(texts=texts, labels=labels[:2])
+    with pytest.raises(TrainingError, match="not both"):
+        Matcher(entities=entities).fit([{"text": "x", "label": mit}], texts=texts,
+                                       labels=labels)  # fmt: skip
