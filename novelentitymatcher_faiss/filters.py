@@ -141,11 +141,17 @@ def exact_scan(
             exact.add(start, block)
         scores, local = exact.result()
     found = np.where(local >= 0, rows[np.maximum(local, 0)], -1)
-    if k > found.shape[1]:  # fewer selected rows than asked for
-        pad = k - found.shape[1]
-        scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
-        found = np.pad(found, ((0, 0), (0, pad)), constant_values=-1)
-    return np.ascontiguousarray(scores, np.float32), np.ascontiguousarray(found, np.int64)
+    return _padded(np.ascontiguousarray(scores, np.float32), found.astype(np.int64), k)
+
+
+def _padded(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, rows) (nq, c <= k) widened to (nq, k) with -inf / -1 (fewer rows selected
+    than asked for)."""
+    pad = k - rows.shape[1]
+    if pad <= 0:
+        return scores, rows
+    return (np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf),
+            np.pad(rows, ((0, 0), (0, pad)), constant_values=-1))  # fmt: skip
 
 
 def filtered_breadth(index, nprobe: int | None, share: float) -> int | None:  # noqa: ANN001
@@ -183,8 +189,8 @@ def search_selected(
 
     rows = np.flatnonzero(selected)
     if not len(rows):
-        return (np.full((len(queries), k), -np.inf, np.float32),
-                np.full((len(queries), k), -1, np.int64))  # fmt: skip
+        empty = np.empty((len(queries), 0))
+        return _padded(empty.astype(np.float32), empty.astype(np.int64), k)
     source = vectors if vectors is not None else flat_vectors(index)
     share = len(rows) / len(selected)
     sparse_graph = isinstance(index, faiss.IndexHNSW) and share < HNSW_MIN_FILTER_SHARE
@@ -200,8 +206,4 @@ def search_selected(
         selector=selector, spill=spill,
     )  # fmt: skip
     del bitmap  # the selector reads it until here
-    if found.shape[1] < k:
-        pad = k - found.shape[1]
-        scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
-        found = np.pad(found, ((0, 0), (0, pad)), constant_values=-1)
-    return scores, found
+    return _padded(scores, found, k)

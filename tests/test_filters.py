@@ -214,6 +214,8 @@ def test_typed_columns_and_their_conditions(tmp_path):
     assert ids(area={"lt": "50000"}) == ["CH", "LU"]
     assert ids(population={"not_in": [5_519_594]}) == ["CH", "DE", "FR"]  # no value fails
     assert ids(population={"ne": 5_519_594}) == ["CH", "DE", "FR"]
+    assert ids(eu=True, population={"gt": 10**10}) == []  # nothing passes: no hit
+    assert index.match("germany", where={"population": {"gt": 10**10}}) is None
     with pytest.raises(QueryError, match="languages.*cannot be filtered"):
         ids(languages="fr")
     with pytest.raises(QueryError, match="unknown operator"):
