@@ -115,6 +115,19 @@ def _parser() -> argparse.ArgumentParser:
     _filter_arguments(query)
     query.add_argument("--metadata", action="store_true", help="print each hit's metadata")
 
+    serve = commands.add_parser(
+        "serve", help="answer /match requests over HTTP (JSON), batching concurrent ones"
+    )
+    serve.add_argument("artifact")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--shard", action="append", default=[], metavar="DIR",
+                       help="another artifact searched together with the first (repeatable)")
+    serve.add_argument("--max-batch", type=int, default=256,
+                       help="texts answered by one match call at most")
+    serve.add_argument("--batch-wait-ms", type=float, default=2.0,
+                       help="how long a request waits for others to batch with")
+
     diagnose = commands.add_parser(
         "diagnose", help="a query's best candidates, their score parts and the decision"
     )
@@ -207,6 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "update": _update,
             "query": _query,
             "diagnose": _diagnose,
+            "serve": _serve,
             "info": _info,
             "verify": _verify,
             "models": _models,
@@ -339,6 +353,26 @@ def _query(args: argparse.Namespace) -> int:
         results = index.match(list(texts), **kwargs)
         for text, hits in zip(texts, results, strict=True):
             _print_hits(text, hits if isinstance(hits, list) else [hits] if hits else [], as_json)
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .match_index import load_index
+    from .serve import make_server
+    from .shards import load_shards
+
+    index = load_shards([args.artifact, *args.shard]) if args.shard else load_index(args.artifact)
+    server = make_server(index, args.host, args.port, max_batch=args.max_batch,
+                         batch_wait_ms=args.batch_wait_ms)  # fmt: skip
+    host, port = server.server_address[:2]
+    print(f"serving {args.artifact} ({len(index)} entities) on http://{host}:{port} "
+          "(POST /match, GET /healthz); Ctrl-C stops", flush=True)  # fmt: skip
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
     return 0
 
 
