@@ -125,8 +125,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="another artifact searched together with the first (repeatable)")
     serve.add_argument("--max-batch", type=int, default=256,
                        help="texts answered by one match call at most")
-    serve.add_argument("--batch-wait-ms", type=float, default=2.0,
-                       help="how long a request waits for others to batch with")
+    serve.add_argument("--batch-wait-ms", type=float, default=0.0,
+                       help="how long a request waits for others to batch with (default: "
+                       "none; requests that arrive while a match runs are batched anyway)")
 
     diagnose = commands.add_parser(
         "diagnose", help="a query's best candidates, their score parts and the decision"

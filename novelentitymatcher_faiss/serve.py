@@ -3,8 +3,9 @@
 The process opens the artifact once and loads the encoder before it listens, so every
 request pays only the match itself (no import, open or model load). Concurrent requests
 with the same options are **batched**: a worker thread takes every request waiting (up to
-``max_batch`` texts, waiting at most ``batch_wait_ms`` for more) and answers them with one
-``match`` call, which encodes and searches them together.
+``max_batch`` texts) and answers them with one ``match`` call, which encodes and searches
+them together. By default it does not wait for more (``batch_wait_ms=0``): a lone request
+is answered at once, and requests that arrive while a match runs form the next batch.
 
 Endpoints (JSON in and out, UTF-8):
 
@@ -52,7 +53,7 @@ class Batcher:
     """Answers jobs (texts + match options) from one worker thread, batching the jobs that
     wait with the same options into one ``index.match`` call."""
 
-    def __init__(self, index: Any, max_batch: int = 256, batch_wait_ms: float = 2.0) -> None:
+    def __init__(self, index: Any, max_batch: int = 256, batch_wait_ms: float = 0.0) -> None:
         if max_batch < 1 or batch_wait_ms < 0:
             raise ValueError("max_batch must be >= 1 and batch_wait_ms >= 0")
         self.index, self.max_batch, self.wait = index, max_batch, batch_wait_ms / 1000
@@ -152,7 +153,7 @@ def make_server(
     port: int = 8000,
     *,
     max_batch: int = 256,
-    batch_wait_ms: float = 2.0,
+    batch_wait_ms: float = 0.0,
 ) -> ThreadingHTTPServer:
     """A ready (bound, not yet serving) server answering from opened ``index``; the
     encoder is loaded first. ``port=0`` picks a free port (``server.server_address``).
@@ -163,6 +164,9 @@ def make_server(
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # headers and body go out in two writes: without TCP_NODELAY, Nagle's algorithm
+        # and the client's delayed ACK held every keep-alive answer for about 40 ms
+        disable_nagle_algorithm = True
 
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib name
             pass  # quiet: a service logs through its own proxy
