@@ -129,6 +129,11 @@ def detect_backend(path: str | Path) -> str:
 def _load_backend(backend: str, path: Path, trust_remote_code: bool) -> Any:
     try:
         if backend == "model2vec":
+            from .static_model import load_static_parts
+
+            parts = load_static_parts(path)  # the plain layout, opened without model2vec
+            if parts is not None:
+                return parts
             from model2vec import StaticModel
 
             return StaticModel.from_pretrained(path)
@@ -190,7 +195,8 @@ _STATIC_PARTS = ("tokenizer", "embedding", "token_mapping", "weights", "unk_toke
 
 
 def _has_static_parts(model: Any) -> bool:
-    """True when a model2vec ``StaticModel`` exposes what :func:`static_mean` reads."""
+    """True when a model2vec ``StaticModel`` (or :class:`~.static_model.StaticParts`)
+    exposes what :func:`static_mean` reads."""
     return all(hasattr(model, name) for name in _STATIC_PARTS)
 
 
@@ -249,8 +255,9 @@ class Encoder:
 
     ``native_dim`` is the model's own width; ``dim`` (<= ``native_dim``) is the width of
     :meth:`encode`'s output. ``fingerprint`` identifies the model files (see
-    :func:`fingerprint_dir`). ``model`` is the underlying model2vec ``StaticModel`` or
-    ``SentenceTransformer``.
+    :func:`fingerprint_dir`). ``model`` is the underlying model: the
+    :class:`~.static_model.StaticParts` of a plain model2vec folder, else a model2vec
+    ``StaticModel`` or a ``SentenceTransformer``.
     """
 
     model: Any = field(repr=False)

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import scipy.sparse
 
 from .artifact import sha256_file
 from .encoders import normalize_rows
@@ -108,6 +107,8 @@ def project(cells: np.ndarray, rows: int, name_map: NameMap) -> np.ndarray:
     if rows == 1:  # one query: a row gather beats building a sparse matrix
         summed = name_map.weights[bucket].sum(axis=0, keepdims=True)
         return normalize_rows(summed.astype(np.float32))
+    import scipy.sparse  # here, not at import: a single query (above) never needs it
+
     indptr = np.zeros(rows + 1, dtype=np.int64)
     np.cumsum(np.bincount(row_of, minlength=rows), out=indptr[1:])
     # repeated buckets in a row are fine: the product sums every stored entry
