@@ -81,8 +81,11 @@ def test_own_static_path_matches_model2vec(potion):
     """The library's model2vec encode gives model2vec's vectors, one text or a batch."""
     texts = [*TEXTS, "", "\u2603", "Zürich Hauptbahnhof", "x" * 5000, "word " * 2000]
     texts += [f"catalog item {i} of {i * 7}" for i in range(20)]  # past the small-batch path
-    ours = potion.encode(texts)
-    theirs = l2_normalize(potion.model.encode(texts, use_multiprocessing=False))
+    from model2vec import StaticModel
+
+    ours = potion.encode(texts)  # read through the direct loader (static_model.py)
+    model = StaticModel.from_pretrained(potion.path)
+    theirs = l2_normalize(model.encode(texts, use_multiprocessing=False))
     np.testing.assert_allclose(ours, theirs, atol=1e-6)
     singles = np.vstack([potion.encode([text]) for text in texts])
     assert np.array_equal(singles, ours)
@@ -280,7 +283,9 @@ def test_detection_order(potion_path, minilm_path, static_folder, tmp_path):
 
 def test_model2vec_saved_folder_loads_as_model2vec(potion, tmp_path):
     folder = tmp_path / "saved"
-    potion.model.save_pretrained(folder)
+    from model2vec import StaticModel
+
+    StaticModel.from_pretrained(potion.path).save_pretrained(folder)
     assert (folder / "modules.json").is_file()
     enc = load_encoder(str(folder), show_progress=False)
     assert enc.backend == "model2vec"
