@@ -334,12 +334,18 @@ def _print_hits(text: str, hits: list[dict[str, Any]], as_json: bool) -> None:
         print(f"{text}\t{hit['id']}\t{hit['score']:.4f}\t{hit['text']}{extra}")
 
 
-def _query(args: argparse.Namespace) -> int:
+def _open_index(args: argparse.Namespace) -> Any:
+    """``args.artifact`` opened, with every ``--shard`` as one shard set when given."""
     from .match_index import load_index
     from .shards import load_shards
+
+    return load_shards([args.artifact, *args.shard]) if args.shard else load_index(args.artifact)
+
+
+def _query(args: argparse.Namespace) -> int:
     from .train import scorer_for
 
-    index = load_shards([args.artifact, *args.shard]) if args.shard else load_index(args.artifact)
+    index = _open_index(args)
     where, candidates = parse_filters(args.where, args.candidates)
     kwargs = {"top_k": args.top_k, "threshold": args.threshold, "nprobe": args.nprobe,
               "where": where, "candidates": candidates, "metadata": args.metadata}  # fmt: skip
@@ -358,11 +364,9 @@ def _query(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .match_index import load_index
     from .serve import make_server
-    from .shards import load_shards
 
-    index = load_shards([args.artifact, *args.shard]) if args.shard else load_index(args.artifact)
+    index = _open_index(args)
     server = make_server(index, args.host, args.port, max_batch=args.max_batch,
                          batch_wait_ms=args.batch_wait_ms)  # fmt: skip
     host, port = server.server_address[:2]

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from .errors import QueryError
-from .lexical import featurize, lexical_vectors
+from .lexical import combine, lexical_vectors
 from .normalize import normalize_text
 
 #: A best hit ahead of the runner-up by less than this is reported as ambiguous.
@@ -48,14 +48,15 @@ def text_scores(index: Any, query: str, texts: list[str]) -> list[dict[str, Any]
     """Score of normalized ``query`` against each normalized text, with its parts: a list
     of ``{"text", "score", "dense", "lexical"}`` (``lexical`` None for dense-only)."""
     part = _first_part(index)
-    vectors = featurize([query, *texts], part.encoder, part.lexical)
-    scores = np.clip(vectors[1:] @ vectors[0], -1.0, 1.0)
     dense_vectors = part.encoder.encode([query, *texts])
     dense = dense_vectors[1:] @ dense_vectors[0]
     lexical: list[float | None] = [None] * len(texts)
+    vectors = dense_vectors  # the index vectors, as featurize makes them
     if part.lexical is not None:
         lex = lexical_vectors([query, *texts], part.lexical)
         lexical = (lex[1:] @ lex[0]).tolist()
+        vectors = combine(dense_vectors, lex, part.lexical.weight)
+    scores = np.clip(vectors[1:] @ vectors[0], -1.0, 1.0)
     return [{"text": t, "score": float(s), "dense": float(d), "lexical": x}
             for t, s, d, x in zip(texts, scores, dense, lexical, strict=True)]  # fmt: skip
 

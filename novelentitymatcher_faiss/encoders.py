@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import struct
 import threading
 import warnings
 from collections.abc import Sequence
@@ -27,6 +26,7 @@ from novelentitymatcher_faiss.errors import (
 )
 from novelentitymatcher_faiss.registry import ModelSpec
 from novelentitymatcher_faiss.sources import SOURCE_DIR, resolve_model
+from novelentitymatcher_faiss.static_model import load_static_parts, safetensors_header
 
 _FINGERPRINT_VERSION = b"nem-faiss-fingerprint-v1\n"
 _SKIP_NAMES = {"desktop.ini", "thumbs.db"}
@@ -91,15 +91,8 @@ def _read_json(path: Path) -> Any:
 
 def _safetensors_keys(path: Path) -> set[str]:
     """Tensor names in a safetensors file, read from its header only."""
-    try:
-        with open(path, "rb") as fh:
-            (size,) = struct.unpack("<Q", fh.read(8))
-            if size > 100_000_000:
-                return set()
-            header = json.loads(fh.read(size))
-    except (OSError, ValueError, struct.error):
-        return set()
-    return {k for k in header if k != "__metadata__"} if isinstance(header, dict) else set()
+    read = safetensors_header(path)
+    return set() if read is None else {k for k in read[0] if k != "__metadata__"}
 
 
 def detect_backend(path: str | Path) -> str:
@@ -129,8 +122,6 @@ def detect_backend(path: str | Path) -> str:
 def _load_backend(backend: str, path: Path, trust_remote_code: bool) -> Any:
     try:
         if backend == "model2vec":
-            from .static_model import load_static_parts
-
             parts = load_static_parts(path)  # the plain layout, opened without model2vec
             if parts is not None:
                 return parts

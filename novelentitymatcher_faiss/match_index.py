@@ -333,6 +333,13 @@ class MatchIndex:
                 return found
         return None
 
+    def holds(self, entity_id: str) -> bool:
+        """Whether ``entity_id`` is a visible entity of this artifact or a layer (no record
+        read, unlike :meth:`get`)."""
+        return self.row_of(entity_id) is not None or any(
+            layer.holds(entity_id) for layer in self.layers
+        )
+
     def row_of(self, entity_id: str) -> int | None:
         """The entity row of ``entity_id`` in this artifact's own files (not its layers), or
         None, also when hidden (the id map is built at first use)."""
@@ -659,7 +666,7 @@ def check_selection(index: Any, selection: Selection) -> None:
     if missing:
         raise QueryError(f"where: no column {missing[0]!r} in this index; columns: {known}")
     if selection.candidates is not None:
-        unknown = sorted(c for c in selection.candidates if index.get(c) is None)
+        unknown = sorted(c for c in selection.candidates if not index.holds(c))
         if unknown:
             raise QueryError(
                 f"candidates: {len(unknown)} id(s) not in this index (unknown or removed), "

@@ -97,20 +97,17 @@ class Batcher:
 
     def _answer(self, jobs: list[_Job]) -> None:
         texts = [text for job in jobs for text in job.texts]
-        self.requests += len(jobs)
-        self.batches += 1
+        found: list[Any] = []
         try:
             found = self.index.match(texts, **jobs[0].options) if texts else []
         except Exception as exc:  # answered one by one, so one bad job fails alone
             if len(jobs) > 1:
                 for job in jobs:
                     self._answer([job])
-                self.batches -= 1
-                self.requests -= len(jobs)
                 return
             jobs[0].error = exc
-            jobs[0].done.set()
-            return
+        self.requests += len(jobs)
+        self.batches += 1
         start = 0
         for job in jobs:
             job.result = found[start : start + len(job.texts)]
@@ -207,13 +204,18 @@ def make_server(
                 return
             self._send(200, {"match": found[0]} if single else {"matches": found})
 
-    server = ThreadingHTTPServer((host, port), Handler)
-    server.daemon_threads = True
-    shutdown = server.server_close
-
-    def close() -> None:
-        shutdown()
-        batcher.close()
-
-    server.server_close = close  # type: ignore[method-assign]
+    server = _Server((host, port), Handler)
+    server.batcher = batcher
     return server
+
+
+class _Server(ThreadingHTTPServer):
+    """The HTTP server; closing it also stops its :class:`Batcher`."""
+
+    daemon_threads = True
+    batcher: Batcher | None = None
+
+    def server_close(self) -> None:
+        super().server_close()
+        if self.batcher is not None:
+            self.batcher.close()

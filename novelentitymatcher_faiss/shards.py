@@ -83,6 +83,10 @@ class ShardedIndex:
     def __len__(self) -> int:
         return sum(len(shard) for shard in self.shards)
 
+    def holds(self, entity_id: str) -> bool:
+        """Whether a shard holds ``entity_id`` as a visible entity."""
+        return any(shard.holds(entity_id) for shard in self.shards)
+
     def get(self, entity_id: str) -> dict[str, Any] | None:
         """The entity record from the first shard that holds ``entity_id``, or None."""
         for shard in self.shards:

@@ -48,12 +48,10 @@ class StaticParts:
         return int(self.embedding.shape[1])
 
 
-def map_safetensors(path: Path) -> dict[str, np.ndarray] | None:
-    """The tensors of a safetensors file as read-only ``np.memmap`` views, or None when the
-    header is unreadable, holds a dtype this loader does not map, or points past the end
-    of the file."""
+def safetensors_header(path: Path) -> tuple[dict[str, Any], int] | None:
+    """(the JSON header of a safetensors file, its size in bytes), or None when the file
+    is unreadable or its header is not a JSON object of at most 100 MB."""
     try:
-        length = path.stat().st_size
         with open(path, "rb") as handle:
             (size,) = struct.unpack("<Q", handle.read(8))
             if size > 100_000_000:
@@ -61,8 +59,18 @@ def map_safetensors(path: Path) -> dict[str, np.ndarray] | None:
             header = json.loads(handle.read(size))
     except (OSError, ValueError, struct.error):
         return None
-    if not isinstance(header, dict):
+    return (header, size) if isinstance(header, dict) else None
+
+
+def map_safetensors(path: Path) -> dict[str, np.ndarray] | None:
+    """The tensors of a safetensors file as read-only ``np.memmap`` views, or None when the
+    header is unreadable, holds a dtype this loader does not map, or points past the end
+    of the file."""
+    read = safetensors_header(path)
+    if read is None:
         return None
+    header, size = read
+    length = path.stat().st_size
     tensors = {}
     for name, info in header.items():
         if name == "__metadata__":
