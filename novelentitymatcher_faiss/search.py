@@ -36,7 +36,7 @@ class EarlyStop:
     nearest list not probed by at least ``margin``. The others go on to each later stage
     ``(nprobe, margin)`` of ``then`` in turn (the same rule, wider), and those left after
     the last stage to the rest of the full nprobe. Every value is measured at build time
-    (see :func:`~novelentitymatcher_faiss.build.tune_early_stop`). ``graph_ef_search`` > 0:
+    (see :func:`~novelentitymatcher_faiss.tuning.tune_early_stop`). ``graph_ef_search`` > 0:
     the stages find their lists with the artifact's HNSW graph over the centroids at that
     efSearch (``STAGE_GRAPH_FILE``), not the index's flat quantizer."""
 

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 
 from novelentitymatcher_faiss import ArtifactCorruptError, ArtifactError, build_index, load_index
-from novelentitymatcher_faiss.build import lowest_safe_margin, plan_early_stop, plan_rank
 from novelentitymatcher_faiss.catalog import read_catalog
 from novelentitymatcher_faiss.lexical import featurize
 from novelentitymatcher_faiss.normalize import normalize_text
 from novelentitymatcher_faiss.perturb import one_letter_typo
 from novelentitymatcher_faiss.search import EarlyStop, ExactTopK, search
+from novelentitymatcher_faiss.tuning import lowest_safe_margin, plan_early_stop, plan_rank
 
 PRODUCTS = Path(__file__).parent / "data" / "products_mcc.csv"
 OPTIONS = {"nlist": 32, "nprobe": 16, "show_progress": False}
@@ -86,9 +86,7 @@ def test_a_query_gets_the_first_pass_hit_if_it_stops_else_the_full_one(
         assert one[1][0, 0] == two[1][i, 0]
 
 
-def test_a_query_stops_at_its_first_stage_whose_margin_it_clears(
-    built: dict, typos: list
-) -> None:
+def test_a_query_stops_at_its_first_stage_whose_margin_it_clears(built: dict, typos: list) -> None:
     index = built["ivf"]  # float codes, no re-rank: each stage's hit is exact
     queries = encoded(index, typos)
     options = {"vectors": index.vectors, "rerank": index._rerank, "spill": index.spill}
@@ -123,7 +121,7 @@ def test_the_build_measures_and_stores_early_stop(built: dict, typos: list) -> N
     table = info["early_stop_tuning"]
     singles = [row for row in table if not row["then"]]
     assert [row["nprobe"] for row in singles] == [1, 2, 3, 4, 6, 8]
-    assert all(len(row["then"]) == i for i, row in enumerate(table[len(singles):], 1))
+    assert all(len(row["then"]) == i for i, row in enumerate(table[len(singles) :], 1))
     kept = next(row for row in table if EarlyStop.from_dict(row) == built["ivf"].early_stop)
     assert plan_rank(kept) == min(plan_rank(row) for row in table if row["usable"])
     assert kept["lists_per_query"] <= 0.75 * OPTIONS["nprobe"]
@@ -198,9 +196,13 @@ def test_lowest_safe_margin_stops_before_recall_falls_under_the_floor() -> None:
 
 
 def test_a_malformed_early_stop_entry_is_refused(built: dict, tmp_path: Path) -> None:
-    for bad in ({"nprobe": 0, "margin": 0.1}, {"nprobe": 2, "margin": "high"}, {"nprobe": 2},
-                {"nprobe": 4, "margin": 0.1, "then": [{"nprobe": 2, "margin": 0.1}]},
-                {"nprobe": 2, "margin": 0.1, "then": [{"nprobe": 4}]}):
+    for bad in (
+        {"nprobe": 0, "margin": 0.1},
+        {"nprobe": 2, "margin": "high"},
+        {"nprobe": 2},
+        {"nprobe": 4, "margin": 0.1, "then": [{"nprobe": 2, "margin": 0.1}]},
+        {"nprobe": 2, "margin": 0.1, "then": [{"nprobe": 4}]},
+    ):
         copy = tmp_path / f"copy-{len(list(tmp_path.iterdir()))}"
         shutil.copytree(built["ivf"].path, copy)
         manifest = json.loads((copy / "manifest.json").read_text())
