@@ -10,11 +10,12 @@ import json
 import math
 import random
 import shutil
+import sys
 import time
 import warnings
 from array import array
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -45,9 +46,10 @@ from .errors import ArtifactError, CatalogError
 from .lexical import LexicalSettings, featurize
 from .normalize import NormalizerSettings, normalize_text
 from .perturb import one_letter_typo
-from .search import ExactTopK, iter_chunks
+from .search import EarlyStop, ExactTopK, iter_chunks
 from .spill import check_spill, fill
 from .strings import StringTable, StringTableWriter
+from .timing import StageClock, stage_table
 from .tuning import EF_SEARCH_GRID, TOP1_TARGET, nprobe_grid, tune_breadth, tune_early_stop
 
 #: ``index_type="auto"`` builds an exact flat index below this many vectors, IVF above
@@ -164,7 +166,7 @@ def build_index(
     Returns the opened :class:`~novelentitymatcher_faiss.match_index.MatchIndex`.
     """
 
-    started = time.perf_counter()
+    clock = StageClock()
     settings = (
         normalize
         if isinstance(normalize, NormalizerSettings)
@@ -178,111 +180,194 @@ def build_index(
     budget = None if memory_budget is None else parse_bytes(memory_budget)
     lexical = resolve_lexical(lexical)
     if encoder is None:
-        encoder = load_encoder(model, embedding_dim=embedding_dim, show_progress=show_progress)
+        with clock.stage("load model"):
+            encoder = load_encoder(model, embedding_dim=embedding_dim, show_progress=show_progress)
     with atomic_directory(Path(path), overwrite=overwrite) as tmp:
-        counts, columns = _encode_catalog(
-            entities, tmp, encoder, lexical, settings, batch_size, show_progress
-        )
+        with clock.stage("encode catalog"):
+            counts, columns = _encode_catalog(
+                entities, tmp, encoder, lexical, settings, batch_size, show_progress
+            )
         vectors = load_array(tmp / VECTORS_FILE, np.float32, ndim=2)
         advise_random(vectors)  # samples and re-ranks gather rows: no read-around
-        kind, factory, n_list = _choose_index(
-            index_type, len(vectors), vectors.shape[1], nlist, budget
-        )
-        rerank = (4 if kind in ("ivf-pq", "ivf-pq-small") else 0) if rerank is None else rerank
-        spill = DEFAULT_SPILL.get(kind, 1) if spill is None else spill
-        if spill > 1 and rerank < spill:
-            raise ValueError(f"spill {spill} needs rerank >= {spill} (got {rerank})")
+        plan = plan_index(index_type, vectors.shape, nlist, budget, rerank, spill)
         # the add pass also finds the exact top 10 of the tuning queries: one read of the
         # vectors, not two
-        graph = is_graph_factory(factory)
-        exact = (
-            ExactTopK(_typo_queries(tmp, encoder, lexical, settings, seed), min(10, len(vectors)))
-            if n_list or graph
-            else None
+        exact = None
+        if plan.nlist or plan.graph:
+            with clock.stage("encode tuning queries"):
+                queries = _typo_queries(tmp, encoder, lexical, settings, seed)
+                exact = ExactTopK(queries, min(10, len(vectors)))
+        index = _train_and_add(
+            plan.factory, vectors, seed, show_progress, trained, exact, plan.spill, clock
         )
-        index = _train_and_add(factory, vectors, seed, show_progress, trained, exact, spill)
-        if kind in INDEX_TYPES and n_list >= HNSW_SEARCH_MIN_NLIST:
+        if plan.kind in INDEX_TYPES and plan.nlist >= HNSW_SEARCH_MIN_NLIST:
             use_graph_quantizer(index)  # before tuning: nprobe is tuned on the search path
-        tuned = None
-        if exact is not None:
-            tuned = tune_breadth(
-                index,
-                vectors,
-                exact,
-                list(EF_SEARCH_GRID) if graph else nprobe_grid(n_list),
-                nprobe,
-                (target_recall, target_top1),
-                rerank,
-                show_progress,
-                spill,
-            )
-            nprobe = tuned.breadth
-        tuning = tuned.table if tuned else []
-        import faiss
-
-        early, early_tuning = None, []
-        if early_stop and n_list and not graph:
-            stages = _stage_graph(index, stage_graph)
-            early, early_tuning = tune_early_stop(
-                index, vectors, exact, nprobe, nprobe_grid(n_list), target_top1, rerank, spill,
-                stages, tuned.top1,
-            )  # fmt: skip
-            if early is not None and stages is not None:
-                early = replace(early, graph_ef_search=STAGE_GRAPH_EF)
-                faiss.write_index(stages, str(tmp / STAGE_GRAPH_FILE))
-        faiss.write_index(index, str(tmp / INDEX_FILE))
-        faiss_class = type(open_faiss_index(tmp / INDEX_FILE)).__name__
-        del index, vectors
-        if not (keep_vectors or rerank > 1):
-            (tmp / VECTORS_FILE).unlink()
-        if bundle_model:
-            shutil.copytree(encoder.path, tmp / MODEL_DIR)
+        targets = (target_recall, target_top1)
+        tuned = _tune(tmp, index, vectors, exact, plan, nprobe, targets, show_progress, clock,
+                      early_stop, stage_graph)  # fmt: skip
+        with clock.stage("write"):
+            faiss_class = _write_index(tmp, index)
+            del index, vectors
+            if not (keep_vectors or plan.rerank > 1):
+                (tmp / VECTORS_FILE).unlink()
+            if bundle_model:
+                shutil.copytree(encoder.path, tmp / MODEL_DIR)
+            files = file_records(tmp)
         manifest = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "library_version": __version__,
-            "faiss_version": faiss.__version__,
-            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "model": {
-                "name": encoder.model_name,
-                "alias": encoder.spec.alias,
-                "id": encoder.spec.model_id,
-                "backend": encoder.backend,
-                "fingerprint": encoder.fingerprint,
-                "native_dim": encoder.native_dim,
-                "dim": encoder.dim,
-                "bundled": bool(bundle_model),
-            },
+            **_manifest_head(encoder, bool(bundle_model)),
             "normalizer": settings.to_dict(),
             "lexical": lexical.to_dict() if lexical else None,
             "index_dim": encoder.dim + (lexical.width if lexical else 0),
             "max_text_chars": MAX_TEXT_CHARS,
             "metric": "inner_product",
             "vectors_normalized": True,
-            "index": {
-                "type": kind,
-                "factory": factory,
-                "faiss_class": faiss_class,
-                "nlist": n_list,
-                "nprobe": nprobe if n_list else None,
-                "nprobe_tuning": [] if graph else tuning,
-                "ef_search": nprobe if graph else None,
-                "ef_search_tuning": tuning if graph else [],
-                "rerank": rerank,
-                "spill": spill,
-                "early_stop": early.to_dict() if early else None,
-                "early_stop_tuning": early_tuning,
-                "vectors_stored": (tmp / VECTORS_FILE).exists(),
-                "memory_budget": budget,
-            },
+            "index": _index_section(plan, faiss_class, tuned, tmp, budget),
             "counts": counts,
             "columns": columns,
-            "build_seconds": round(time.perf_counter() - started, 3),
+            "build_seconds": round(clock.total(), 3),
+            "build_stages": clock.to_dict(),
             **dict(extra_manifest or {}),
         }
-        manifest["files"] = file_records(tmp)
+        manifest["files"] = files
         write_manifest(tmp, manifest)
+    if show_progress:
+        tqdm.write(stage_table(manifest["build_stages"]), file=sys.stderr)
     return _open_fresh(Path(path))
+
+
+@dataclass(frozen=True)
+class IndexPlan:
+    """What a build makes: kind, FAISS factory string, IVF lists (0: none), the re-rank
+    factor and how many lists each vector is filed under."""
+
+    kind: str
+    factory: str
+    nlist: int
+    rerank: int
+    spill: int
+
+    @property
+    def graph(self) -> bool:
+        """Whether the index is an HNSW graph (its search breadth is efSearch)."""
+        return is_graph_factory(self.factory)
+
+
+def plan_index(
+    index_type: str,
+    shape: tuple[int, int],
+    nlist: int | None,
+    budget: int | None,
+    rerank: int | None,
+    spill: int | None,
+) -> IndexPlan:
+    """The :class:`IndexPlan` for ``shape`` (n vectors, d dims); None picks the defaults."""
+    kind, factory, n_list = choose_index(index_type, shape[0], shape[1], nlist, budget)
+    rerank = (4 if kind in ("ivf-pq", "ivf-pq-small") else 0) if rerank is None else rerank
+    spill = DEFAULT_SPILL.get(kind, 1) if spill is None else spill
+    if spill > 1 and rerank < spill:
+        raise ValueError(f"spill {spill} needs rerank >= {spill} (got {rerank})")
+    return IndexPlan(kind, factory, n_list, rerank, spill)
+
+
+@dataclass(frozen=True)
+class Tuned:
+    """A build's search settings: breadth (nprobe or efSearch; None for exact indexes),
+    the measured breadth table, the early-stop plan (or None) and its measurements."""
+
+    breadth: int | None
+    table: list[dict[str, Any]]
+    early: EarlyStop | None
+    early_table: list[dict[str, Any]]
+
+
+def _tune(  # noqa: ANN001 - a faiss.Index
+    tmp: Path,
+    index,
+    vectors: np.ndarray,
+    exact: ExactTopK | None,
+    plan: IndexPlan,
+    breadth: int | None,
+    targets: tuple[float, float],
+    show_progress: bool,
+    clock: StageClock,
+    early_stop: bool,
+    stage_graph: bool | None,
+) -> Tuned:
+    """Tune the search breadth (unless given) and, for IVF indexes, early stop; a stage
+    graph it chose is written to ``tmp``. ``targets``: (recall@10, top-1)."""
+    if exact is None:
+        return Tuned(breadth, [], None, [])
+    with clock.stage("tune nprobe"):
+        grid = list(EF_SEARCH_GRID) if plan.graph else nprobe_grid(plan.nlist)
+        tuned = tune_breadth(index, vectors, exact, grid, breadth, targets, plan.rerank,
+                             show_progress, plan.spill)  # fmt: skip
+    if not (early_stop and plan.nlist and not plan.graph):
+        return Tuned(tuned.breadth, tuned.table, None, [])
+    with clock.stage("tune early stop"):
+        stages = _stage_graph(index, stage_graph)
+        early, early_table = tune_early_stop(
+            index, vectors, exact, tuned.breadth, nprobe_grid(plan.nlist), targets[1],
+            plan.rerank, plan.spill, stages, tuned.top1,
+        )  # fmt: skip
+        if early is not None and stages is not None:
+            import faiss
+
+            early = replace(early, graph_ef_search=STAGE_GRAPH_EF)
+            faiss.write_index(stages, str(tmp / STAGE_GRAPH_FILE))
+    return Tuned(tuned.breadth, tuned.table, early, early_table)
+
+
+def _write_index(tmp: Path, index) -> str:  # noqa: ANN001 - a faiss.Index
+    """Write ``index`` to ``tmp``; returns the FAISS class name it reads back as."""
+    import faiss
+
+    faiss.write_index(index, str(tmp / INDEX_FILE))
+    return type(open_faiss_index(tmp / INDEX_FILE)).__name__
+
+
+def _manifest_head(encoder: Encoder, bundled: bool) -> dict[str, Any]:
+    """The manifest's format, versions, build time and model sections."""
+    import faiss
+
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "library_version": __version__,
+        "faiss_version": faiss.__version__,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "model": {
+            "name": encoder.model_name,
+            "alias": encoder.spec.alias,
+            "id": encoder.spec.model_id,
+            "backend": encoder.backend,
+            "fingerprint": encoder.fingerprint,
+            "native_dim": encoder.native_dim,
+            "dim": encoder.dim,
+            "bundled": bundled,
+        },
+    }
+
+
+def _index_section(
+    plan: IndexPlan, faiss_class: str, tuned: Tuned, tmp: Path, budget: int | None
+) -> dict[str, Any]:
+    """The manifest's ``index`` section."""
+    return {
+        "type": plan.kind,
+        "factory": plan.factory,
+        "faiss_class": faiss_class,
+        "nlist": plan.nlist,
+        "nprobe": tuned.breadth if plan.nlist else None,
+        "nprobe_tuning": [] if plan.graph else tuned.table,
+        "ef_search": tuned.breadth if plan.graph else None,
+        "ef_search_tuning": tuned.table if plan.graph else [],
+        "rerank": plan.rerank,
+        "spill": plan.spill,
+        "early_stop": tuned.early.to_dict() if tuned.early else None,
+        "early_stop_tuning": tuned.early_table,
+        "vectors_stored": (tmp / VECTORS_FILE).exists(),
+        "memory_budget": budget,
+    }
 
 
 def _stage_graph(index, wanted: bool | None):  # noqa: ANN001, ANN202 - faiss objects
@@ -460,7 +545,7 @@ def default_nlist(n: int, d: int) -> int:
     return max(1, min(int(4 * math.sqrt(n)), MAX_DEFAULT_NLIST, cap, n // 39))
 
 
-def _choose_index(
+def choose_index(
     index_type: str, n: int, d: int, nlist: int | None, budget: int | None = None
 ) -> tuple[str, str, int]:
     """Return (kind, FAISS factory string, nlist or 0) for ``n`` vectors of dimension ``d``."""
@@ -541,7 +626,7 @@ def new_trained_index(factory: str, vectors: np.ndarray, seed: int, show_progres
         size = min(n, training_sample_size(factory, d))
         rows = np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
         if show_progress:
-            tqdm.write(f"training {factory} on {size} vectors")
+            tqdm.write(f"training {factory} on {size} vectors", file=sys.stderr)
         sample = gather_rows(vectors, rows)
         index.train(sample)
     return index
@@ -591,15 +676,18 @@ def _train_and_add(  # noqa: ANN202 - a faiss.Index
     trained: Any = None,
     exact: ExactTopK | None = None,
     spill: int = 1,
+    clock: StageClock | None = None,
 ):
     """A trained index (a copy of ``trained``, else :func:`new_trained_index`) holding
     ``vectors``, added in chunks, each vector under ``spill`` lists (:func:`spill.fill`);
-    each chunk also goes to ``exact``."""
+    each chunk also goes to ``exact``. ``clock`` times the "train" and "add" stages."""
     import faiss
 
+    clock = clock or StageClock()
     n, d = vectors.shape
     if trained is None:
-        index = new_trained_index(factory, vectors, seed, show_progress)
+        with clock.stage("train"):
+            index = new_trained_index(factory, vectors, seed, show_progress)
     elif trained.d != d or not trained.is_trained or trained.ntotal:
         raise ValueError(
             f"trained must be an empty, trained index of dimension {d}; got "
@@ -614,10 +702,14 @@ def _train_and_add(  # noqa: ANN202 - a faiss.Index
         for start, block in iter_chunks(vectors, _ADD_CHUNK):
             yield start, block
             if exact is not None:
-                exact.add(start, block)
+                with clock.stage("exact top 10 (tuning)"):
+                    exact.add(start, block)
             bar.update(len(block))
 
-    with tqdm(total=n, desc=desc, unit=" vectors", disable=not show_progress) as bar:
+    with (
+        clock.stage("add"),
+        tqdm(total=n, desc=desc, unit=" vectors", disable=not show_progress) as bar,
+    ):
         return fill(index, blocks(), spill)
 
 

@@ -49,6 +49,10 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     build.add_argument("--overwrite", action="store_true", help="replace an existing artifact")
     build.add_argument("--quiet", action="store_true", help="no progress bars")
+    build.add_argument(
+        "--json", action="store_true",
+        help="print the artifact, index settings, counts and per-stage build seconds as JSON",
+    )  # fmt: skip
 
     train = commands.add_parser(
         "train", help="fine-tune on labelled examples (SetFit) and write a trained artifact"
@@ -261,7 +265,14 @@ def _build(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         show_progress=not args.quiet,
     )
-    print(index)
+    if args.json:
+        manifest = index.manifest
+        report = {"artifact": str(index.path), "index": manifest["index"],
+                  "counts": manifest["counts"], "build_seconds": manifest["build_seconds"],
+                  "build_stages": manifest["build_stages"]}  # fmt: skip
+        print(json.dumps(report, indent=2, ensure_ascii=False))
+    else:
+        print(index)
     return 0
 
 
@@ -456,6 +467,9 @@ def _info(args: argparse.Namespace) -> int:
         print(f"columns:    {listed}")
     print(f"size:       {size / 1e6:.1f} MB in {len(manifest['files'])} files")
     print(f"built:      {manifest.get('created_at')} in {manifest.get('build_seconds')} s")
+    stages = manifest.get("build_stages")
+    if stages:
+        print("stages:     " + ", ".join(f"{name} {sec:.2f} s" for name, sec in stages.items()))
     return 0
 
 

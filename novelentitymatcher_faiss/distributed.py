@@ -24,7 +24,7 @@ from . import __version__
 from .artifact import atomic_directory
 from .build import (
     _check_index_type,
-    _choose_index,
+    choose_index,
     new_trained_index,
     resolve_lexical,
     training_sample_size,
@@ -73,7 +73,7 @@ def build_with_ray(
     encoder = load_encoder(model, embedding_dim=embedding_dim, show_progress=show_progress)
     dim = encoder.dim + (lexical_settings.width if lexical_settings else 0)
     vectors_estimate = sum(1 + len(row["aliases"]) for row in rows)
-    kind, factory, n_list = _choose_index(index_type, vectors_estimate, dim, nlist)
+    kind, factory, n_list = choose_index(index_type, vectors_estimate, dim, nlist)
     trained = None
     if n_list or kind == "factory":
         sample = _sample_vectors(rows, factory, dim, encoder, lexical_settings, settings, seed)

@@ -7,6 +7,7 @@ Queries are float32 (q, d); recall figures are FAISS's (see :func:`tune_breadth`
 
 from __future__ import annotations
 
+import sys
 import warnings
 from dataclasses import dataclass
 from itertools import combinations
@@ -131,7 +132,9 @@ def tune_breadth(
         measured[breadth] = row, np.array(first, dtype=np.int64), ok
         release_pages(vectors)  # re-ranked rows were read through the memory map
         if show_progress:
-            tqdm.write(f"{knob} {breadth}: recall@10 {at_10:.3f}, recall@1 {at_1:.3f}")
+            tqdm.write(
+                f"{knob} {breadth}: recall@10 {at_10:.3f}, recall@1 {at_1:.3f}", file=sys.stderr
+            )
         return ok
 
     i = 0

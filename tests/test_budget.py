@@ -14,7 +14,7 @@ from novelentitymatcher_faiss.build import (
     HNSW_QUANTIZER_MIN_NLIST,
     MAX_ASSIGN_MULTIPLY_ADDS,
     MAX_DEFAULT_NLIST,
-    _choose_index,
+    choose_index,
     default_nlist,
     use_graph_quantizer,
 )
@@ -61,16 +61,16 @@ def test_pq_subquantizers_divide_the_dimension(kind, d, m):
 
 
 def test_large_nlist_gets_an_hnsw_quantizer():
-    kind, factory, n_list = _choose_index("ivf-pq", 10_000_000, 512, 40_000, 2 * 10**9)
+    kind, factory, n_list = choose_index("ivf-pq", 10_000_000, 512, 40_000, 2 * 10**9)
     assert n_list >= HNSW_QUANTIZER_MIN_NLIST
     assert factory == f"IVF{n_list}_HNSW32,PQ256x4fs"
-    assert _choose_index("ivf-pq-small", 5_000_000, 256, None)[1] == "IVF8192,PQ32x4fs"
-    assert _choose_index("ivf", 1_000_000, 512, None)[1] == "IVF4000,Flat"
+    assert choose_index("ivf-pq-small", 5_000_000, 256, None)[1] == "IVF8192,PQ32x4fs"
+    assert choose_index("ivf", 1_000_000, 512, None)[1] == "IVF4000,Flat"
 
 
 def test_auto_is_flat_then_ivf_fp16():
-    assert _choose_index("auto", 99_999, 512, None) == ("flat", "Flat", 0)
-    assert _choose_index("auto", 1_000_000, 512, None) == ("ivf-fp16", "IVF4000,SQfp16", 4000)
+    assert choose_index("auto", 99_999, 512, None) == ("flat", "Flat", 0)
+    assert choose_index("auto", 1_000_000, 512, None) == ("ivf-fp16", "IVF4000,SQfp16", 4000)
 
 
 def test_builds_follow_the_budget(tmp_path):

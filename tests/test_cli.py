@@ -88,8 +88,11 @@ def test_verify_detects_damage_and_errors_exit_2(artifact, tmp_path):
     assert "name map cldr-names-v1 (share 0.7)" in cli("info", str(artifact)).stdout
     assert "lexical:    none" in cli("info", str(tmp_path / "dense")).stdout
     pq = cli("build", str(UNIVERSITIES), "--out", str(tmp_path / "pq"), "--index", "ivf-pq",
-             "--spill", "3", "--quiet")  # fmt: skip
+             "--spill", "3", "--json")  # fmt: skip
     assert pq.returncode == 0, pq.stderr
+    report = json.loads(pq.stdout)  # progress, tuning lines and the stage table: stderr
+    assert report["index"]["type"] == "ivf-pq" and report["build_stages"]["train"] > 0
+    assert "tune nprobe" in pq.stderr and "stages:" in cli("info", str(tmp_path / "pq")).stdout
     assert json.loads((tmp_path / "pq" / "manifest.json").read_text())["index"]["spill"] == 3
     assert "spill 3" in cli("info", str(tmp_path / "pq")).stdout
     bad = cli("build", str(UNIVERSITIES), "--out", str(tmp_path / "bad"), "--index", "ivf",

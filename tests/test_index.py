@@ -196,6 +196,16 @@ def test_manifest_records_everything(flat):
     )
 
 
+def test_manifest_times_each_build_stage(ivf, flat):
+    stages = ivf.manifest["build_stages"]
+    for name in ("encode catalog", "encode tuning queries", "train", "add",
+                 "exact top 10 (tuning)", "tune nprobe", "write"):  # fmt: skip
+        assert stages[name] > 0, name
+    assert abs(sum(stages.values()) - ivf.manifest["build_seconds"]) < 0.01
+    assert "exact top 10 (tuning)" not in flat.manifest["build_stages"]
+    assert "tune nprobe" not in flat.manifest["build_stages"]
+
+
 def test_index_is_memory_mapped(ivf, flat):
     maps = Path("/proc/self/maps").read_text()
     assert str(ivf.path / "index.faiss") in maps
