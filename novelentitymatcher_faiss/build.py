@@ -82,6 +82,19 @@ STAGE_GRAPH_MIN_NLIST = 2048
 #: The stage graph's efSearch (at least the lists a search asks for) and efConstruction.
 STAGE_GRAPH_EF = 64
 STAGE_GRAPH_EF_CONSTRUCTION = 200
+#: The stages a build times (manifest ``build_stages``, seconds each), in the order they run.
+BUILD_STAGES = (
+    "load model",
+    "encode catalog",
+    "encode tuning queries",
+    "train",
+    "add",
+    "exact top 10 (tuning)",
+    "tune nprobe",
+    "tune early stop",
+    "write",
+    "other",
+)
 INDEX_TYPES = ("auto", "flat", "ivf", "ivf-fp16", "ivf-sq8", "ivf-pq", "ivf-pq-small", "hnsw")
 #: Neighbours per node of the "hnsw" kind's graph (FAISS's M; 2M at the base level).
 HNSW_M = 32

@@ -469,7 +469,10 @@ def _info(args: argparse.Namespace) -> int:
     print(f"built:      {manifest.get('created_at')} in {manifest.get('build_seconds')} s")
     stages = manifest.get("build_stages")
     if stages:
-        print("stages:     " + ", ".join(f"{name} {sec:.2f} s" for name, sec in stages.items()))
+        from .build import BUILD_STAGES
+
+        ordered = sorted(stages, key=lambda n: BUILD_STAGES.index(n) if n in BUILD_STAGES else 99)
+        print("stages:     " + ", ".join(f"{name} {stages[name]:.2f} s" for name in ordered))
     return 0
 
 
