@@ -441,7 +441,7 @@ def _manifest(
         "entities": len(old),
         "vectors": old.n_vectors + sum(layer.n_vectors for layer in old.layers),
     }
-    for key in ("files", "layers"):
+    for key in ("files", "layers", "build_stages"):  # stage times are the parent build's
         manifest.pop(key, None)
     manifest.update(
         library_version=__version__,

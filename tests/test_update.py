@@ -97,6 +97,7 @@ def test_flat_update_equals_a_fresh_build_and_leaves_the_old_artifact(
     assert lineage["reused_vectors"] + lineage["encoded_vectors"] == fresh_flat.n_vectors
     assert lineage["encoded_vectors"] < fresh_flat.n_vectors / 3
     assert lineage["parents"][0]["manifest_sha256"] == before["manifest.json"]
+    assert "build_stages" in old.manifest and "build_stages" not in new.manifest
     load_index(new.path, verify="full")
 
 
