@@ -93,6 +93,7 @@ BUILD_STAGES = (
     "tune nprobe",
     "tune early stop",
     "write",
+    "calibrate",
     "other",
 )
 INDEX_TYPES = ("auto", "flat", "ivf", "ivf-fp16", "ivf-sq8", "ivf-pq", "ivf-pq-small", "hnsw")
@@ -147,6 +148,7 @@ def build_index(
     spill: int | None = None,
     early_stop: bool = True,
     stage_graph: bool | None = None,
+    calibrate: bool = True,
 ):  # noqa: ANN201 - returns MatchIndex (imported lazily to avoid a cycle)
     """Encode ``entities`` and write a memory-mappable FAISS artifact to ``path``.
 
@@ -175,7 +177,9 @@ def build_index(
     (:func:`tune_early_stop`) and store it when it saves work. ``stage_graph``: its stages
     find their lists with an HNSW graph over the centroids (:func:`centroid_graph`, stored
     as ``STAGE_GRAPH_FILE``); default from ``STAGE_GRAPH_MIN_NLIST`` lists on, for indexes
-    with a flat coarse quantizer.
+    with a flat coarse quantizer. ``calibrate``: fit the confidence model of
+    :mod:`~novelentitymatcher_faiss.calibration` on perturbed catalog texts and store it
+    (not for ``trained`` shards, nor catalogs under ``MIN_ENTITIES`` entities).
     Returns the opened :class:`~novelentitymatcher_faiss.match_index.MatchIndex`.
     """
 
@@ -243,6 +247,8 @@ def build_index(
         }
         manifest["files"] = files
         write_manifest(tmp, manifest)
+        if calibrate and trained is None:
+            _calibrate(tmp, manifest, encoder, seed, show_progress, clock)
     if show_progress:
         tqdm.write(stage_table(manifest["build_stages"]), file=sys.stderr)
     return _open_fresh(Path(path))
@@ -395,6 +401,29 @@ def _stage_graph(index, wanted: bool | None):  # noqa: ANN001, ANN202 - faiss ob
     if not (ivf.nlist >= STAGE_GRAPH_MIN_NLIST if wanted is None else wanted):
         return None
     return centroid_graph(ivf, STAGE_GRAPH_EF, STAGE_GRAPH_EF_CONSTRUCTION)
+
+
+def _calibrate(
+    tmp: Path,
+    manifest: dict[str, Any],
+    encoder: Encoder,
+    seed: int,
+    show_progress: bool,
+    clock: StageClock,
+) -> None:
+    """Fit the confidence model on the artifact written in ``tmp`` and add it (and the
+    stage's time) to its manifest."""
+    from .calibration import calibrate
+    from .match_index import MatchIndex
+
+    with clock.stage("calibrate"):
+        fitted = calibrate(MatchIndex(tmp, manifest, encoder=encoder), seed,
+                           show_progress=show_progress)  # fmt: skip
+    if fitted is None:
+        return
+    manifest.update(calibration=fitted.to_dict(), build_seconds=round(clock.total(), 3),
+                    build_stages=clock.to_dict())  # fmt: skip
+    write_manifest(tmp, manifest)
 
 
 def _open_fresh(path: Path):  # noqa: ANN202 - MatchIndex

@@ -109,7 +109,7 @@ def _parser() -> argparse.ArgumentParser:
     query.add_argument("artifact")
     query.add_argument("texts", nargs="*")
     query.add_argument("--top-k", type=int, default=1)
-    query.add_argument("--threshold", type=float, default=None)
+    query.add_argument("--threshold", type=_threshold, default=None, help=THRESHOLD_HELP)
     query.add_argument("--nprobe", type=int, default=None)
     query.add_argument("--json", action="store_true", help="one JSON line per query")
     query.add_argument("--shard", action="append", default=[], metavar="DIR",
@@ -139,7 +139,7 @@ def _parser() -> argparse.ArgumentParser:
     diagnose.add_argument("artifact")
     diagnose.add_argument("text")
     diagnose.add_argument("--top-k", type=int, default=5)
-    diagnose.add_argument("--threshold", type=float, default=None)
+    diagnose.add_argument("--threshold", type=_threshold, default=None, help=THRESHOLD_HELP)
     diagnose.add_argument("--entity", default=None, metavar="ID",
                           help="explain the score against this entity instead")
     _filter_arguments(diagnose)
@@ -392,6 +392,34 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+THRESHOLD_HELP = ("a number, or 'auto': on a calibrated artifact a cut on each hit's "
+                  "confidence (auto: 0.5), else on the score; default: no cut, raw hits")
+
+
+def _threshold(value: str) -> float | str:
+    """A ``--threshold`` value: "auto" or a number."""
+    if value == "auto":
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {value!r}") from None
+
+
+def _print_calibration(section: dict[str, Any] | None) -> None:
+    """The ``info`` lines of a manifest's calibration section (or that there is none)."""
+    if not section:
+        print("confidence: none (threshold applies to the raw score)")
+        return
+    fitted, held = section["fitted_on"], section["held_out"]
+    print(f"confidence: logistic over {len(section['features'])} features, fitted on "
+          f"{fitted['examples']} searches of {fitted['queries']} perturbed catalog texts "
+          f"(seed {fitted['seed']}; kinds {fitted['kinds']})")  # fmt: skip
+    print(f"            held-out {held['examples']}: AUROC {held['auroc']}, ECE {held['ece']}; "
+          f"at threshold {held['threshold']}: answered {held['answered']}, precision "
+          f"{held['precision']}, recall {held['recall']}")  # fmt: skip
+
+
 def _diagnose(args: argparse.Namespace) -> int:
     from .diagnostics import diagnose, explain_match
     from .match_index import load_index
@@ -473,6 +501,7 @@ def _info(args: argparse.Namespace) -> int:
 
         ordered = sorted(stages, key=lambda n: BUILD_STAGES.index(n) if n in BUILD_STAGES else 99)
         print("stages:     " + ", ".join(f"{name} {stages[name]:.2f} s" for name in ordered))
+    _print_calibration(manifest.get("calibration"))
     return 0
 
 

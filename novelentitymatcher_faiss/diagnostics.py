@@ -12,9 +12,10 @@ from typing import Any
 
 import numpy as np
 
+from .calibration import resolve_threshold
 from .errors import QueryError
 from .lexical import combine, lexical_vectors
-from .normalize import normalize_text
+from .normalize import normalize_text, word_trigrams
 
 #: A best hit ahead of the runner-up by less than this is reported as ambiguous.
 AMBIGUOUS_MARGIN = 0.02
@@ -33,15 +34,6 @@ def _normalized(index: Any, query: object) -> str:
     if not isinstance(query, str):
         raise QueryError(f"expected a string query, got {type(query).__name__}")
     return normalize_text(query[: part.max_text_chars], part.normalizer)
-
-
-def _trigrams(text: str) -> set[str]:
-    """Character 3-grams inside each space-padded word of ``text``."""
-    grams: set[str] = set()
-    for word in text.split():
-        padded = f" {word} "
-        grams.update(padded[i : i + 3] for i in range(len(padded) - 2))
-    return grams
 
 
 def text_scores(index: Any, query: str, texts: list[str]) -> list[dict[str, Any]]:
@@ -89,7 +81,7 @@ def explain_match(index: Any, query: str, entity_id: str) -> dict[str, Any]:
     best = scored[0]
     ranked = index.match(normalized, top_k=min(RANK_DEPTH, len(index)))
     rank = next((i + 1 for i, hit in enumerate(ranked) if hit["id"] == entity_id), None)
-    grams = sorted(_trigrams(normalized) & _trigrams(best["text"]))
+    grams = sorted(word_trigrams(normalized) & word_trigrams(best["text"]))
     return {
         **out,
         "score": best["score"], "text": best["text"], "dense": best["dense"],
@@ -104,7 +96,7 @@ def diagnose(
     index: Any,
     query: str,
     *,
-    threshold: float | None = None,
+    threshold: float | str | None = None,
     top_k: int = 5,
     where: Mapping[str, Any] | None = None,
     candidates: Iterable[str] | None = None,
@@ -113,34 +105,47 @@ def diagnose(
     ``match(query, threshold=threshold)`` takes, with the reason.
 
     Returns ``{"query", "normalized", "threshold", "candidates" (hits with "dense",
-    "lexical", "weight"), "decision": {"id", "score", "matched", "margin", "ambiguous",
+    "lexical", "weight", and "confidence" on a calibrated artifact given a threshold),
+    "decision": {"id", "score", "confidence", "matched", "is_novel", "margin", "ambiguous",
     "reason"}}``; ``margin`` is the best score minus the runner-up's, ``ambiguous`` when
-    under ``AMBIGUOUS_MARGIN``.
+    under ``AMBIGUOUS_MARGIN``; ``is_novel`` when a calibrated artifact finds no entity
+    likely (the query names something the catalog does not hold, or nothing clearly).
     """
     normalized = _normalized(index, query)
-    out: dict[str, Any] = {"query": query, "normalized": normalized, "threshold": threshold}
-    decision = {"id": None, "score": None, "matched": False, "margin": None,
-                "ambiguous": False}  # fmt: skip
+    calibrated = getattr(index, "calibration", None) is not None and threshold is not None
+    try:
+        cut = resolve_threshold(threshold, calibrated, None)
+    except ValueError as exc:
+        raise QueryError(str(exc)) from None
+    out: dict[str, Any] = {"query": query, "normalized": normalized, "threshold": cut}
+    decision = {"id": None, "score": None, "confidence": None, "matched": False,
+                "is_novel": False, "margin": None, "ambiguous": False}  # fmt: skip
     if not normalized:
         decision["reason"] = "the query normalizes to empty text"
         return {**out, "candidates": [], "decision": decision}
-    hits = index.match(query, top_k=top_k, explain=True, where=where, candidates=candidates)
+    hits = index.match(query, top_k=top_k, explain=True, where=where, candidates=candidates,
+                       threshold=0.0 if calibrated else None)  # fmt: skip
     if not hits:
         reason = "no entity passes the filter" if where or candidates else "the index is empty"
         return {**out, "candidates": [], "decision": {**decision, "reason": reason}}
     best = hits[0]
     margin = best["score"] - hits[1]["score"] if len(hits) > 1 else None
     ambiguous = margin is not None and margin < AMBIGUOUS_MARGIN
-    matched = threshold is None or best["score"] >= threshold
+    value, name = (best["confidence"], "confidence") if calibrated else (best["score"], "score")
+    matched = cut is None or value >= cut
     if not matched:
-        reason = f"best score {best['score']:.3f} is below the threshold {threshold}"
+        reason = f"best {name} {value:.3f} is below the threshold {cut}"
+        if calibrated:
+            reason += ": no entity is likely, the query reads as novel"
     else:
-        clears = "" if threshold is None else f" clears the threshold {threshold}"
-        reason = f"best score {best['score']:.3f}{clears}" + (
-            "" if margin is None else f", {margin:.3f} ahead of {hits[1]['id']!r}"
+        clears = "" if cut is None else f" clears the threshold {cut}"
+        reason = f"best {name} {value:.3f}{clears}" + (
+            "" if margin is None else f", score {margin:.3f} ahead of {hits[1]['id']!r}"
         )
     if ambiguous:
         reason += f"; ambiguous: runner-up within {AMBIGUOUS_MARGIN}"
-    decision.update(id=best["id"] if matched else None, score=best["score"], matched=matched,
-                    margin=margin, ambiguous=ambiguous, reason=reason)  # fmt: skip
+    decision.update(id=best["id"] if matched else None, score=best["score"],
+                    confidence=best.get("confidence"), matched=matched,
+                    is_novel=calibrated and not matched, margin=margin, ambiguous=ambiguous,
+                    reason=reason)  # fmt: skip
     return {**out, "candidates": hits, "decision": decision}

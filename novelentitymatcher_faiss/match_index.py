@@ -32,6 +32,7 @@ from .artifact import (
     open_faiss_index,
     read_manifest,
 )
+from .calibration import Calibration, add_confidence, resolve_threshold
 from .columns import CORE_FIELDS, Columns
 from .encoders import Encoder, load_encoder
 from .errors import (
@@ -145,6 +146,8 @@ class MatchIndex:
             self.normalizer = NormalizerSettings.from_dict(manifest["normalizer"])
             self._max_chars = int(manifest.get("max_text_chars", 2048))
             self.columns = Columns(self.path, manifest.get("columns"), self.n_entities)
+            section = manifest.get("calibration")  # absent in artifacts of earlier versions
+            self.calibration = None if section is None else Calibration.from_dict(section)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ArtifactCorruptError(f"{where}: malformed field ({exc!r})") from None
         if (
@@ -365,7 +368,7 @@ class MatchIndex:
         self,
         texts: str | Sequence[str],
         top_k: int = 1,
-        threshold: float | None = None,
+        threshold: float | str | None = None,
         nprobe: int | None = None,
         batch_size: int = 4096,
         explain: bool = False,
@@ -377,8 +380,14 @@ class MatchIndex:
 
         A str with ``top_k=1`` gives a dict ``{"id", "score", "text"}`` or None; ``top_k>1``
         a list of dicts (best first, one per entity). A list gives a list of those.
-        Hits scoring below ``threshold`` are dropped. Texts that normalize to empty get no
-        hit. ``None`` or non-string items raise :class:`QueryError`. ``nprobe`` overrides
+        ``threshold=None`` (the default) keeps every hit, ranked by ``score``. On a
+        calibrated artifact (:mod:`.calibration`) any other ``threshold`` adds
+        ``"confidence"``, the probability that the hit is the right entity, and applies to
+        it: ``"auto"`` drops hits under ``DEFAULT_THRESHOLD`` (0.5), so a text with no likely
+        entity gets None (what :class:`~novelentitymatcher_faiss.Matcher` does by default);
+        0 adds confidence and drops nothing. Without a calibration a number applies to
+        ``score`` and ``"auto"`` keeps every hit. Texts that normalize to empty get no hit.
+        ``None`` or non-string items raise :class:`QueryError`. ``nprobe`` overrides
         the stored search breadth for this call: IVF lists probed, or an HNSW index's efSearch.
 
         ``explain=True`` adds ``"dense"`` and ``"lexical"`` cosines and the ``"weight"`` of
@@ -391,26 +400,36 @@ class MatchIndex:
         """
         selection = make_selection(where, candidates)
         return self._match(texts, top_k, threshold, nprobe, batch_size, explain, self._search,
-                           selection, self if metadata else None)  # fmt: skip
+                           selection, self if metadata else None, self.calibration)  # fmt: skip
 
     def _match(
         self,
         texts: str | Sequence[str],
         top_k: int,
-        threshold: float | None,
+        threshold: float | str | None,
         nprobe: int | None,
         batch_size: int,
         explain: bool,
         search_fn: SearchFn,
         selection: Selection | None = None,
         records: Any = None,
+        calibration: Calibration | None = None,
     ) -> Result | list[Result] | None | list[Result | None] | list[list[Result]]:
         """:meth:`match` with the search step given: normalize, encode, ``search_fn``
-        (given ``selection``), shape; ``records`` (something with ``get(id)``): add each
-        hit's metadata from it."""
+        (given ``selection``), with ``calibration`` and a ``threshold`` add confidence
+        (searching at least the top 3: the top hit's margin and spread need them) and cut on it,
+        shape;
+        ``records`` (something with ``get(id)``): add each hit's metadata from it."""
         single = isinstance(texts, str)
         queries = [texts] if single else _as_query_list(texts)
         top_k = _check_top_k(top_k)
+        try:
+            cut = resolve_threshold(threshold, calibration is not None, None)
+        except ValueError as exc:
+            raise QueryError(str(exc)) from None
+        if threshold is None:  # raw hits: no confidence, the top-1 search stays top-1
+            calibration = None
+        search_k = top_k if calibration is None else max(top_k, 3)
         out: list[list[Result]] = []
         for start in range(0, len(queries), batch_size):
             chunk = queries[start : start + batch_size]
@@ -420,7 +439,11 @@ class MatchIndex:
             if keep:
                 texts_in = [norm[i] for i in keep]
                 vectors = featurize(texts_in, self.encoder, self.lexical, batch_size)
-                found = search_fn(vectors, top_k, threshold, nprobe, selection)
+                if calibration is None:
+                    found = search_fn(vectors, top_k, cut, nprobe, selection)
+                else:
+                    found = search_fn(vectors, search_k, None, nprobe, selection)
+                    found = self._decide(calibration, texts_in, found, top_k, cut)
                 if explain:
                     self._explain(texts_in, found)
                 for i, hits in zip(keep, found, strict=True):
@@ -430,6 +453,24 @@ class MatchIndex:
             add_metadata(out, records)
         shaped = [(hits[0] if hits else None) if top_k == 1 else hits for hits in out]
         return shaped[0] if single else shaped
+
+    def _decide(
+        self,
+        calibration: Calibration,
+        queries: list[str],
+        found: list[list[Result]],
+        top_k: int,
+        cut: float | None,
+    ) -> list[list[Result]]:
+        """Add confidence to each query's hits, keep those at ``cut`` or above, best
+        ``top_k``."""
+        add_confidence(calibration, queries, found, self.normalize_query)
+        return [[h for h in hits[:top_k] if cut is None or h["confidence"] >= cut]
+                for hits in found]  # fmt: skip
+
+    def normalize_query(self, text: str) -> str:
+        """``text`` cut to ``max_text_chars`` and normalized as this artifact's queries are."""
+        return self._normalize(text, 0)
 
     def search_vectors(
         self,

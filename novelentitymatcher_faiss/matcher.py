@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .artifact import atomic_directory, file_records, list_files, read_manifest, write_manifest
+from .calibration import AUTO, SCORE_THRESHOLD, resolve_threshold
 from .errors import NemFaissError, TrainingError
 from .match_index import MatchIndex, load_index
 from .registry import DEFAULT_MODEL
@@ -29,13 +30,18 @@ class Matcher:
     candidates re-ranked by the classifier head: the default after training), "index" (the
     search alone) or "head" (the classifier head, labelled entities only); None uses the
     artifact's default ("index" without training).
+
+    ``threshold``: "auto" answers None below a confidence of ``DEFAULT_THRESHOLD`` (0.5) on a
+    calibrated artifact searched by the index scorer (:mod:`.calibration`), and below a
+    score of ``SCORE_THRESHOLD`` (0.7) otherwise; a number is a cut on confidence where
+    there is one, else on the score.
     """
 
     def __init__(
         self,
         entities: Iterable[Mapping[str, Any]] | str | Path | None = None,
         model: str = "default",
-        threshold: float = 0.7,
+        threshold: float | str = AUTO,
         normalize: bool = True,
         mode: str | None = None,
         embedding_dim: int | None = None,
@@ -47,6 +53,10 @@ class Matcher:
             raise TrainingError(f"mode {mode!r} is not available; choose one of {MODES}")
         if scorer is not None and scorer not in SCORERS:
             raise NemFaissError(f"scorer {scorer!r} is not available; choose one of {SCORERS}")
+        try:
+            resolve_threshold(threshold, True, None)
+        except ValueError as exc:
+            raise NemFaissError(str(exc)) from None
         self.entities = entities
         self.model = DEFAULT_MODEL if model == "default" else model
         self.threshold = threshold
@@ -151,7 +161,7 @@ class Matcher:
         self,
         texts: str | Sequence[str],
         top_k: int = 1,
-        threshold: float | None = None,
+        threshold: float | str | None = None,
         nprobe: int | None = None,
         candidates: Iterable[str] | None = None,
         where: Mapping[str, Any] | None = None,
@@ -161,6 +171,9 @@ class Matcher:
 
         ``candidates`` (entity ids) and ``where`` ({metadata column: condition}) restrict
         the search to those entities; ``metadata=True`` adds each hit's ``"metadata"``.
+
+        ``threshold`` (None: this Matcher's) as in the class docstring: on a calibrated
+        artifact each hit carries ``confidence`` and a text with no likely entity gets None.
 
         With the "hybrid" scorer (the default after training), ``score`` is the cosine plus
         ``HYBRID_WEIGHT`` times the head's probability of the entity; with "head" it is the
@@ -174,20 +187,34 @@ class Matcher:
 
             self._scorers[self.scorer] = scorer_for(self.index, self.scorer)
         scorer = self._scorers[self.scorer]
+        if threshold == AUTO and getattr(scorer, "calibration", None) is None:
+            threshold = SCORE_THRESHOLD
         return scorer.match(texts, top_k=top_k, threshold=threshold, nprobe=nprobe,
                             where=where, candidates=candidates, metadata=metadata)  # fmt: skip
 
     def explain_match(self, query: str, entity_id: str) -> dict[str, Any]:
         """Why ``query`` scores what it does against ``entity_id``: its best text, the dense
-        and lexical parts of the score, shared words and n-grams, its rank, and whether it
-        clears this Matcher's threshold (see :func:`~.diagnostics.explain_match`). Scores
-        are the index's (for a trained artifact, before the head's re-ranking)."""
+        and lexical parts of the score, shared words and n-grams, its rank, and whether
+        :meth:`match` at this Matcher's threshold would answer it (``above_threshold``; on a
+        calibrated artifact with ``confidence``, the entity must be the top hit and clear the
+        threshold on confidence; see :func:`~.diagnostics.explain_match`). Scores are the
+        index's (for a trained artifact, before the head's re-ranking)."""
         from .diagnostics import explain_match
 
-        explained = explain_match(self._opened(), query, entity_id)
+        index = self._opened()
+        explained = explain_match(index, query, entity_id)
         score = explained["score"]
-        explained["threshold"] = self.threshold
-        explained["above_threshold"] = score is not None and score >= self.threshold
+        threshold = self._index_threshold(index)
+        explained["threshold"] = threshold
+        if index.calibration is not None and threshold is not None:
+            top = index.match(query, threshold=0.0)
+            own = top is not None and top["id"] == entity_id
+            explained["confidence"] = top["confidence"] if own else None
+            explained["above_threshold"] = own and top["confidence"] >= resolve_threshold(
+                threshold, True, None)
+        else:
+            explained["above_threshold"] = score is not None and (
+                threshold is None or score >= threshold)
         return explained
 
     def diagnose(
@@ -202,8 +229,16 @@ class Matcher:
         :func:`~.diagnostics.diagnose`); index scores, as :meth:`explain_match`."""
         from .diagnostics import diagnose
 
-        return diagnose(self._opened(), query, threshold=self.threshold, top_k=top_k,
+        index = self._opened()
+        return diagnose(index, query, threshold=self._index_threshold(index), top_k=top_k,
                         where=where, candidates=candidates)  # fmt: skip
+
+    def _index_threshold(self, index: MatchIndex) -> float | str | None:
+        """This Matcher's threshold as the index's search takes it: ``"auto"`` stays where
+        the artifact is calibrated, else it is ``SCORE_THRESHOLD`` on the score."""
+        if self.threshold == AUTO and index.calibration is None:
+            return SCORE_THRESHOLD
+        return self.threshold
 
     def get_training_info(self) -> dict[str, Any]:
         """How the index was made: ``{"trained", "mode", "model", "entities", "scorer",
@@ -258,7 +293,7 @@ class Matcher:
         training = index.manifest.get("training") or {}
         matcher = cls(
             model=index.manifest["model"]["name"],
-            threshold=float(settings.get("threshold", 0.7)),
+            threshold=settings.get("threshold", AUTO),
             mode=settings.get("mode") or training.get("mode", "zero-shot"),
             embedding_dim=index.dim,
             index_type=index.manifest["index"]["type"],

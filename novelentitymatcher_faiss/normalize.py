@@ -42,3 +42,12 @@ def normalize_text(text: str, settings: NormalizerSettings = NormalizerSettings(
     if settings.remove_punctuation:
         text = "".join(ch for ch in text if not unicodedata.category(ch).startswith("P"))
     return _WHITESPACE.sub(" ", text).strip()
+
+
+def word_trigrams(text: str) -> set[str]:
+    """Character 3-grams inside each space-padded word of ``text``."""
+    grams: set[str] = set()
+    for word in text.split():
+        padded = f" {word} "
+        grams.update(padded[i : i + 3] for i in range(len(padded) - 2))
+    return grams

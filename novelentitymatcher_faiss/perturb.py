@@ -1,4 +1,5 @@
-"""Deterministic one-letter typos, for tuning nprobe and for evaluation query sets."""
+"""Deterministic query perturbations (one-letter typos, partial names), for tuning nprobe,
+calibrating confidence and evaluation query sets."""
 
 from __future__ import annotations
 
@@ -25,3 +26,14 @@ def one_letter_typo(text: str, rng: random.Random) -> str:
         return text[:a] + text[b] + text[a] + text[b + 1 :]
     choices = [c for c in _LETTERS if c != text[i].lower()]
     return text[:i] + rng.choice(choices) + text[i + 1 :]
+
+
+def partial_text(text: str, rng: random.Random) -> str:
+    """``text`` with one of its words dropped (two or more words), else cut to 60-85% of its
+    characters (at least 3)."""
+    words = text.split()
+    if len(words) >= 2:
+        drop = rng.randrange(len(words))
+        return " ".join(words[:drop] + words[drop + 1 :])
+    keep = max(3, int(len(text) * rng.uniform(0.6, 0.85)))
+    return text[:keep]

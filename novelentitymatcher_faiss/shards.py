@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from .calibration import Calibration
 from .errors import ArtifactCorruptError, ArtifactIncompatibleError, QueryError
 from .filters import Selection, make_selection
 from .match_index import (
@@ -99,7 +100,7 @@ class ShardedIndex:
         self,
         texts: str | Sequence[str],
         top_k: int = 1,
-        threshold: float | None = None,
+        threshold: float | str | None = None,
         nprobe: int | None = None,
         batch_size: int = 4096,
         explain: bool = False,
@@ -108,12 +109,18 @@ class ShardedIndex:
         metadata: bool = False,
     ) -> Result | list[Result] | None | list[Result | None] | list[list[Result]]:
         """As :meth:`MatchIndex.match`, over every shard (``nprobe`` applies to each;
-        ``where`` and ``candidates`` filter every shard)."""
+        ``where`` and ``candidates`` filter every shard; confidence is the first shard's
+        :attr:`calibration`)."""
         selection = make_selection(where, candidates)
         records = self if metadata else None
-        return self.shards[0]._match(
-            texts, top_k, threshold, nprobe, batch_size, explain, self._search, selection, records
-        )
+        first = self.shards[0]
+        return first._match(texts, top_k, threshold, nprobe, batch_size, explain, self._search,
+                            selection, records, self.calibration)  # fmt: skip
+
+    @property
+    def calibration(self) -> Calibration | None:
+        """The first shard's confidence model (shards of a distributed build have none)."""
+        return self.shards[0].calibration
 
     def column_names(self) -> list[str]:
         """The metadata columns of every shard, sorted."""

@@ -40,20 +40,24 @@ def test_build_then_query_arguments(artifact):
 
 def test_query_reads_stdin_and_writes_json_lines(artifact):
     done = cli(
-        "query", str(artifact), "--threshold", "0.99", stdin="oxford university\nzzzz qqqq\n"
+        "query", str(artifact), "--threshold", "auto", stdin="oxford university\nzzzz qqqq\n"
     )
     assert done.returncode == 0, done.stderr
     first, second = (json.loads(line) for line in done.stdout.splitlines())
     assert (
         first["query"] == "oxford university"
         and first["matches"][0]["id"] == "university_of_oxford"
+        and first["matches"][0]["confidence"] >= 0.5
     )
-    assert second == {"query": "zzzz qqqq", "matches": []}
+    assert second == {"query": "zzzz qqqq", "matches": []}  # no likely entity: none
+    bad = cli("query", str(artifact), "x", "--threshold", "high")
+    assert bad.returncode == 2 and "expected a number or 'auto'" in bad.stderr
 
 
 def test_info_and_verify(artifact):
     info = cli("info", str(artifact))
     assert "50 entities" in info.stdout and "potion-8m" in info.stdout
+    assert "confidence: logistic over" in info.stdout and "AUROC" in info.stdout
     manifest = json.loads(cli("info", str(artifact), "--json").stdout)
     assert manifest["counts"]["entities"] == 50
     assert cli("verify", str(artifact)).returncode == 0

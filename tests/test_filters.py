@@ -294,12 +294,19 @@ def test_cli_query_filters_and_diagnose(built, capsys, tmp_path):
     assert [line.split("\t")[1] for line in out] == ["Asia/Tokyo", "Europe/Paris"]
     assert cli_main(["query", path, "x", "--where", "country_code"]) == 2
     assert "expected COLUMN=VALUE" in capsys.readouterr().err
-    assert cli_main(["diagnose", path, "londn", "--threshold", "0.9", "--top-k", "2"]) == 0
+    assert cli_main(["diagnose", path, "londn", "--threshold", "auto", "--top-k", "2"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["candidates"][0]["id"] == "Europe/London"
-    assert report["decision"]["matched"] is False and "below the threshold" in (
-        report["decision"]["reason"]
-    )
+    assert report["candidates"][0]["id"] == "Europe/London" and report["threshold"] == 0.5
+    decision = report["decision"]
+    assert decision["matched"] and decision["confidence"] >= 0.5 and not decision["is_novel"]
+    assert cli_main(["diagnose", path, "qqqq zzzz", "--threshold", "auto"]) == 0
+    decision = json.loads(capsys.readouterr().out)["decision"]
+    assert decision["matched"] is False and decision["is_novel"] and decision["id"] is None
+    assert "below the threshold" in decision["reason"] and "novel" in decision["reason"]
+    assert cli_main(["diagnose", path, "londn", "--threshold", "0.9", "--top-k", "2",
+                     "--where", "country_code=US"]) == 0  # fmt: skip
+    decision = json.loads(capsys.readouterr().out)["decision"]
+    assert decision["matched"] is False and "below the threshold" in decision["reason"]
     assert cli_main(["info", path]) == 0
     assert "country_code (string, 418 rows)" in capsys.readouterr().out
 
@@ -320,6 +327,9 @@ def test_matcher_parity_candidates_explain_diagnose_training_info(zones):
     )
     assert explained["score"] == pytest.approx(matcher.match("londn")["score"], abs=1e-5)
     assert "lon" in explained["shared_ngrams"] and explained["above_threshold"]
+    assert explained["confidence"] >= 0.5  # calibrated: the decision is on confidence
+    other = matcher.explain_match("londn", "Europe/Paris")  # not the top hit: not answered
+    assert other["above_threshold"] is False and other["confidence"] is None
     report = matcher.diagnose("londn", top_k=3)
     assert report["decision"]["id"] == "Europe/London" and report["decision"]["matched"]
     assert len(report["candidates"]) == 3

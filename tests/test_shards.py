@@ -53,8 +53,8 @@ def test_shards_answer_like_one_artifact(built):
     single = sharded.match(built["queries"][0])
     assert single["score"] == pytest.approx(whole.match(built["queries"][0])["score"], abs=1e-5)
     assert sharded.match("", top_k=3) == []
-    hits = sharded.match(built["queries"][:20], threshold=0.9)
-    assert all(h is None or h["score"] >= 0.9 for h in hits)
+    hits = sharded.match(built["queries"][:20], threshold=0.9)  # on the first's confidence
+    assert all(h is None or h["confidence"] >= 0.9 for h in hits)
     entity = built["entities"][7]
     assert sharded.get(entity["id"])["name"] == entity["name"]
     assert sharded.get("no-such-id") is None
