@@ -393,7 +393,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 THRESHOLD_HELP = ("a number, or 'auto': on a calibrated artifact a cut on each hit's "
-                  "confidence (auto: 0.5), else on the score; default: no cut, raw hits")
+                  "confidence (auto: 0.4), else on the score; default: no cut, raw hits")
 
 
 def _threshold(value: str) -> float | str:

@@ -383,7 +383,7 @@ class MatchIndex:
         ``threshold=None`` (the default) keeps every hit, ranked by ``score``. On a
         calibrated artifact (:mod:`.calibration`) any other ``threshold`` adds
         ``"confidence"``, the probability that the hit is the right entity, and applies to
-        it: ``"auto"`` drops hits under ``DEFAULT_THRESHOLD`` (0.5), so a text with no likely
+        it: ``"auto"`` drops hits under ``DEFAULT_THRESHOLD`` (0.4), so a text with no likely
         entity gets None (what :class:`~novelentitymatcher_faiss.Matcher` does by default);
         0 adds confidence and drops nothing. Without a calibration a number applies to
         ``score`` and ``"auto"`` keeps every hit. Texts that normalize to empty get no hit.

@@ -31,7 +31,7 @@ class Matcher:
     search alone) or "head" (the classifier head, labelled entities only); None uses the
     artifact's default ("index" without training).
 
-    ``threshold``: "auto" answers None below a confidence of ``DEFAULT_THRESHOLD`` (0.5) on a
+    ``threshold``: "auto" answers None below a confidence of ``DEFAULT_THRESHOLD`` (0.4) on a
     calibrated artifact searched by the index scorer (:mod:`.calibration`), and below a
     score of ``SCORE_THRESHOLD`` (0.7) otherwise; a number is a cut on confidence where
     there is one, else on the score.

@@ -11,6 +11,7 @@ import pytest
 
 from novelentitymatcher_faiss import Matcher, build_index, load_index
 from novelentitymatcher_faiss.calibration import (
+    DEFAULT_THRESHOLD,
     FEATURES,
     MIN_ENTITIES,
     Calibration,
@@ -121,7 +122,7 @@ def test_threshold_values_are_checked(calibrated):
         calibrated.match("x", threshold="high")
     with pytest.raises(NemFaissError, match="threshold must be"):
         Matcher(entities=[{"id": "a", "name": "A"}], threshold="0.5")
-    assert resolve_threshold("auto", True, None) == 0.5
+    assert resolve_threshold("auto", True, None) == DEFAULT_THRESHOLD == 0.4
     assert resolve_threshold("auto", False, 0.7) == 0.7
     with pytest.raises(ValueError):
         resolve_threshold(float("nan"), True, None)

@@ -296,9 +296,9 @@ def test_cli_query_filters_and_diagnose(built, capsys, tmp_path):
     assert "expected COLUMN=VALUE" in capsys.readouterr().err
     assert cli_main(["diagnose", path, "londn", "--threshold", "auto", "--top-k", "2"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["candidates"][0]["id"] == "Europe/London" and report["threshold"] == 0.5
+    assert report["candidates"][0]["id"] == "Europe/London" and report["threshold"] == 0.4
     decision = report["decision"]
-    assert decision["matched"] and decision["confidence"] >= 0.5 and not decision["is_novel"]
+    assert decision["matched"] and decision["confidence"] >= 0.4 and not decision["is_novel"]
     assert cli_main(["diagnose", path, "qqqq zzzz", "--threshold", "auto"]) == 0
     decision = json.loads(capsys.readouterr().out)["decision"]
     assert decision["matched"] is False and decision["is_novel"] and decision["id"] is None
