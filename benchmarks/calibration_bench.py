@@ -13,7 +13,7 @@ the raw score (at the earlier 0.7 default), rapidfuzz ``WRatio`` and a char 2-4 
 top-1 score. Build time with and without calibration (medians of alternating runs) and a
 reliability plot (docs/img/calibration-reliability.png).
 
-    python benchmarks/calibration_bench.py [--quick] [--runs 3]
+    python benchmarks/calibration_bench.py [--quick] [--runs 3] [--scale 100k] [--scale-runs 5]
 """
 
 from __future__ import annotations
@@ -392,6 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", default="100k",
                         help="size of the real-name catalog whose build time is measured with "
                         "and without calibration (not with --quick)")  # fmt: skip
+    parser.add_argument("--scale-runs", type=int, default=5, help="build runs at that size")
     args = parser.parse_args(argv)
     runs = 1 if args.quick else args.runs
     info = {"machine": machine_info(), "versions": library_versions(), "threads": THREADS}
@@ -409,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.quick:
             from make_catalog import parse_size
 
-            scale = scale_builds(parse_size(args.scale), Path(tmp), args.runs)
+            scale = scale_builds(parse_size(args.scale), Path(tmp), args.scale_runs)
             print(f"{args.scale} build: {scale}", file=sys.stderr)
     command = "python benchmarks/calibration_bench.py" + (" --quick" if args.quick else "")
     name = "calibration-quick" if args.quick else "calibration"

@@ -19,7 +19,6 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from .normalize import word_trigrams
 from .perturb import one_letter_typo, partial_text
@@ -275,6 +274,8 @@ def calibrate(
     under a progress bar."""
     if len(index) < MIN_ENTITIES:
         return None
+    from tqdm.auto import tqdm  # build path only: the query path stays free of it
+
     def texts_of(row: int) -> list[str]:
         record = index.entity(row)
         return [record["name"], *record.get("aliases", [])]

@@ -413,8 +413,9 @@ def _print_calibration(section: dict[str, Any] | None) -> None:
         return
     fitted, held = section["fitted_on"], section["held_out"]
     print(f"confidence: logistic over {len(section['features'])} features, fitted on "
-          f"{fitted['examples']} searches of {fitted['queries']} perturbed catalog texts "
-          f"(seed {fitted['seed']}; kinds {fitted['kinds']})")  # fmt: skip
+          f"{fitted['examples']} examples: {fitted['queries']} perturbed catalog texts "
+          f"searched with and without their entity (seed {fitted['seed']}; kinds "
+          f"{fitted['kinds']})")  # fmt: skip
     print(f"            held-out {held['examples']}: AUROC {held['auroc']}, ECE {held['ece']}; "
           f"at threshold {held['threshold']}: answered {held['answered']}, precision "
           f"{held['precision']}, recall {held['recall']}")  # fmt: skip

@@ -32,7 +32,7 @@ from .artifact import (
     open_faiss_index,
     read_manifest,
 )
-from .calibration import Calibration, add_confidence, resolve_threshold
+from .calibration import CALIBRATION_VERSION, Calibration, add_confidence, resolve_threshold
 from .columns import CORE_FIELDS, Columns
 from .encoders import Encoder, load_encoder
 from .errors import (
@@ -147,6 +147,12 @@ class MatchIndex:
             self._max_chars = int(manifest.get("max_text_chars", 2048))
             self.columns = Columns(self.path, manifest.get("columns"), self.n_entities)
             section = manifest.get("calibration")  # absent in artifacts of earlier versions
+            if section is not None and section.get("version") != CALIBRATION_VERSION:
+                raise ArtifactIncompatibleError(
+                    f"{where}: confidence model version {section.get('version')!r}; this "
+                    f"library reads version {CALIBRATION_VERSION}: rebuild the artifact with "
+                    "it, or use the library version that wrote it"
+                )
             self.calibration = None if section is None else Calibration.from_dict(section)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ArtifactCorruptError(f"{where}: malformed field ({exc!r})") from None

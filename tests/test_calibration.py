@@ -20,7 +20,12 @@ from novelentitymatcher_faiss.calibration import (
     fit_logistic,
     resolve_threshold,
 )
-from novelentitymatcher_faiss.errors import ArtifactCorruptError, NemFaissError, QueryError
+from novelentitymatcher_faiss.errors import (
+    ArtifactCorruptError,
+    ArtifactIncompatibleError,
+    NemFaissError,
+    QueryError,
+)
 from novelentitymatcher_faiss.perturb import one_letter_typo
 
 
@@ -102,18 +107,18 @@ def test_matcher_decides_by_confidence_and_falls_back_to_the_score(split, calibr
 
 
 def test_a_damaged_calibration_is_a_clear_error(calibrated, tmp_path):
-    for fault, pattern in (
-        ({"version": 99}, "calibration version"),
-        ({"weights": [1.0, 2.0]}, "one per feature"),
-        ({"scale": [0.0] * len(FEATURES)}, "scales positive"),
-        ({"features": ["score"]}, "calibration features"),
+    for fault, pattern, error in (
+        ({"version": 99}, "confidence model version 99", ArtifactIncompatibleError),
+        ({"weights": [1.0, 2.0]}, "one per feature", ArtifactCorruptError),
+        ({"scale": [0.0] * len(FEATURES)}, "scales positive", ArtifactCorruptError),
+        ({"features": ["score"]}, "calibration features", ArtifactCorruptError),
     ):
         copy = tmp_path / f"copy-{len(list(tmp_path.iterdir()))}"
         shutil.copytree(calibrated.path, copy)
         manifest = json.loads((copy / "manifest.json").read_text())
         manifest["calibration"].update(fault)
         (copy / "manifest.json").write_text(json.dumps(manifest))
-        with pytest.raises(ArtifactCorruptError, match=pattern):
+        with pytest.raises(error, match=pattern):
             load_index(copy)
 
 
@@ -153,3 +158,25 @@ def test_logistic_fit_recovers_a_known_model():
     raw = weights / scale  # back to unstandardized features
     assert raw == pytest.approx([2.0, -1.0], abs=0.1)
     assert bias - float(mean @ raw) == pytest.approx(0.5, abs=0.1)
+
+
+def test_calibrated_query_path_imports_nothing_heavy(split, calibrated):
+    """A fresh process that opens a calibrated artifact and decides on confidence imports
+    none of the build-side or heavy modules (cold start)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from novelentitymatcher_faiss import load_index\n"
+        f"hit = load_index({str(calibrated.path)!r}).match({split[0][0]['name']!r}, "
+        "threshold='auto')\n"
+        "assert hit is not None and 'confidence' in hit, hit\n"
+        "heavy = ('torch', 'transformers', 'huggingface_hub', 'scipy', 'tqdm', 'setfit',"
+        " 'sentence_transformers', 'model2vec')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
