@@ -124,7 +124,7 @@ def diagnose(
         decision["reason"] = "the query normalizes to empty text"
         return {**out, "candidates": [], "decision": decision}
     hits = index.match(query, top_k=top_k, explain=True, where=where, candidates=candidates,
-                       threshold=0.0 if calibrated else None)  # fmt: skip
+                       threshold=cut if calibrated else None)  # fmt: skip
     if not hits:
         reason = "no entity passes the filter" if where or candidates else "the index is empty"
         return {**out, "candidates": [], "decision": {**decision, "reason": reason}}

@@ -396,7 +396,10 @@ class MatchIndex:
         ``None`` or non-string items raise :class:`QueryError`. ``nprobe`` overrides
         the stored search breadth for this call: IVF lists probed, or an HNSW index's efSearch.
 
-        ``explain=True`` adds ``"dense"`` and ``"lexical"`` cosines and the ``"weight"`` of
+        ``explain=True`` with confidence keeps the hits under the cut, marked: every hit
+        has ``"accepted"``, and the top hit ``"is_novel"`` (True where ``match`` without
+        ``explain`` answers None) and ``"reason"``. It also adds ``"dense"`` and
+        ``"lexical"`` cosines and the ``"weight"`` of
         the lexical part to each hit; ``score == (1 - weight) * dense + weight * lexical``.
 
         ``where`` ({column: condition}, see :meth:`Columns.mask`) and ``candidates``
@@ -449,7 +452,7 @@ class MatchIndex:
                     found = search_fn(vectors, top_k, cut, nprobe, selection)
                 else:
                     found = search_fn(vectors, search_k, None, nprobe, selection)
-                    found = self._decide(calibration, texts_in, found, top_k, cut)
+                    found = self._decide(calibration, texts_in, found, top_k, cut, explain)
                 if explain:
                     self._explain(texts_in, found)
                 for i, hits in zip(keep, found, strict=True):
@@ -467,12 +470,26 @@ class MatchIndex:
         found: list[list[Result]],
         top_k: int,
         cut: float | None,
+        explain: bool = False,
     ) -> list[list[Result]]:
         """Add confidence to each query's hits, keep those at ``cut`` or above, best
-        ``top_k``."""
+        ``top_k``. With ``explain`` nothing is dropped: each hit says whether it is
+        ``accepted``, and each query's top hit whether the query ``is_novel`` (no hit
+        accepted), with the ``reason``."""
         add_confidence(calibration, queries, found, self.normalize_query)
-        return [[h for h in hits[:top_k] if cut is None or h["confidence"] >= cut]
-                for hits in found]  # fmt: skip
+        if not explain:
+            return [[h for h in hits[:top_k] if cut is None or h["confidence"] >= cut]
+                    for hits in found]  # fmt: skip
+        for hits in found:
+            for hit in hits:
+                hit["accepted"] = cut is None or hit["confidence"] >= cut
+            if hits:
+                top = hits[0]
+                top["is_novel"] = not top["accepted"]
+                sign = ">=" if top["accepted"] else "<"
+                top["reason"] = (f"confidence {top['confidence']:.3f} {sign} threshold {cut}"
+                                 + (": no entity is likely" if top["is_novel"] else ""))
+        return [hits[:top_k] for hits in found]
 
     def normalize_query(self, text: str) -> str:
         """``text`` cut to ``max_text_chars`` and normalized as this artifact's queries are."""

@@ -81,6 +81,22 @@ def test_held_out_entities_get_none_and_typod_known_ones_their_id(split, calibra
     assert all(0.0 <= h["confidence"] <= 1.0 for h in answered)
 
 
+def test_explain_keeps_rejected_hits_and_says_why(split, calibrated):
+    kept, held = split
+    queries = _typos(kept[:100], 6) + _typos(held[:100], 7)
+    decided = calibrated.match(queries, threshold="auto")
+    explained = calibrated.match(queries, threshold="auto", explain=True)
+    assert all(hit is not None for hit in explained)  # nothing dropped under explain
+    for plain, hit in zip(decided, explained, strict=True):
+        assert hit["is_novel"] is (plain is None) and hit["accepted"] is (plain is not None)
+        assert ("no entity is likely" in hit["reason"]) is hit["is_novel"]
+        if plain is not None:
+            assert plain["id"] == hit["id"] and plain["confidence"] == hit["confidence"]
+    assert sum(hit["is_novel"] for hit in explained[100:]) >= 85  # held-out names: novel
+    listed = calibrated.match(held[0]["name"], top_k=3, threshold="auto", explain=True)
+    assert len(listed) == 3 and all("accepted" in h for h in listed)
+
+
 def test_confidence_separates_right_from_wrong_top_hits(split, calibrated):
     kept, held = split
     queries = _typos(kept[:300], 3) + _typos(held, 4)
