@@ -344,3 +344,43 @@ def test_fingerprint_of_non_model_folder(tmp_path):
     (tmp_path / "README.md").write_text("x")
     with pytest.raises(ModelError, match="no model files"):
         fingerprint_dir(tmp_path)
+
+
+def test_fingerprint_stamps_are_reused_and_never_stale(potion, potion_path, tmp_path,
+                                                       monkeypatch):  # fmt: skip
+    """A folder's fingerprint is remembered with the stat of its files (in the cache dir)
+    and recomputed when any file changes, or when the stored file is damaged."""
+    import json
+    import os
+
+    from novelentitymatcher_faiss.encoders import STAMPS_FILE
+
+    monkeypatch.setenv("NEM_FAISS_CACHE_DIR", str(tmp_path / "cache"))
+    copy = tmp_path / "copy"
+    shutil.copytree(potion_path, copy)  # copy2 keeps the source's (old) times
+    assert fingerprint_dir(copy) == potion.fingerprint
+    stored = json.loads((tmp_path / "cache" / STAMPS_FILE).read_text())
+    entry = stored["folders"][str(copy.resolve())]
+    assert stored["version"] == 1 and entry["fingerprint"] == potion.fingerprint
+    # the stored fingerprint is what a second call returns: prove it by planting another
+    entry["fingerprint"] = "0" * 64
+    (tmp_path / "cache" / STAMPS_FILE).write_text(json.dumps(stored))
+    assert fingerprint_dir(copy) == "0" * 64
+    # same size, one byte flipped, old time kept: the inode stays, the time is restored,
+    # so only a change of size, time or inode is seen; here the time differs by 1 ns
+    weights = copy / "model.safetensors"
+    info = weights.stat()
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x01
+    weights.write_bytes(bytes(data))
+    os.utime(weights, ns=(info.st_atime_ns, info.st_mtime_ns + 1))
+    changed = fingerprint_dir(copy)
+    assert changed not in (potion.fingerprint, "0" * 64)
+    (tmp_path / "cache" / STAMPS_FILE).write_text("{not json")
+    assert fingerprint_dir(copy) == changed  # a damaged file is ignored, then rewritten
+    assert json.loads((tmp_path / "cache" / STAMPS_FILE).read_text())["version"] == 1
+    # a file written just now is never remembered
+    (copy / "config.json").write_text((copy / "config.json").read_text() + " ")
+    fresh = fingerprint_dir(copy)
+    folders = json.loads((tmp_path / "cache" / STAMPS_FILE).read_text())["folders"]
+    assert folders[str(copy.resolve())]["fingerprint"] == changed != fresh
