@@ -58,12 +58,10 @@ from novelentitymatcher_faiss.catalog import read_catalog  # noqa: E402
 from novelentitymatcher_faiss.encoders import load_encoder  # noqa: E402
 from novelentitymatcher_faiss.normalize import NormalizerSettings, normalize_text  # noqa: E402
 from novelentitymatcher_faiss.perturb import one_letter_typo  # noqa: E402
+from novelentitymatcher_faiss.scorers import HeadScorer, HybridScorer, load_head  # noqa: E402
 from novelentitymatcher_faiss.train import (  # noqa: E402
-    HeadScorer,
-    HybridScorer,
     check_training_data,
     holdout_split,
-    load_head,
     train_index,
 )
 

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import __version__
+from ._version import __version__
 from .arrays import NpyRowWriter, advise_random, gather_rows, load_array
 from .artifact import (
     FORMAT,
@@ -46,6 +46,7 @@ from .errors import ArtifactError, CatalogError
 from .lexical import LexicalSettings, featurize
 from .normalize import NormalizerSettings, normalize_text
 from .perturb import one_letter_typo
+from .registry import DEFAULT_MODEL
 from .search import EarlyStop, ExactTopK, iter_chunks
 from .spill import check_spill, fill
 from .strings import StringTable, StringTableWriter
@@ -125,7 +126,7 @@ def build_index(
     entities: Iterable[Mapping[str, Any]] | str | Path,
     path: str | Path,
     *,
-    model: str = "potion-8m",
+    model: str = DEFAULT_MODEL,
     embedding_dim: int | None = None,
     index_type: str = "auto",
     normalize: bool | NormalizerSettings = True,

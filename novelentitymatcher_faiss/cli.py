@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from .errors import NemFaissError
+from .registry import DEFAULT_MODEL
 
 if TYPE_CHECKING:
     from .lexical import LexicalSettings
@@ -23,7 +24,7 @@ def _parser() -> argparse.ArgumentParser:
         "catalog", help="catalog file: .csv (aliases '|'-separated), .jsonl or .json"
     )
     build.add_argument("--out", required=True, help="artifact directory to write")
-    build.add_argument("--model", default="potion-8m", help="registry alias, hub id or folder")
+    build.add_argument("--model", default=DEFAULT_MODEL, help="registry alias, hub id or folder")
     build.add_argument("--dim", type=int, default=None, help="truncate vectors to this dimension")
     build.add_argument(
         "--index",
@@ -354,7 +355,7 @@ def _open_index(args: argparse.Namespace) -> Any:
 
 
 def _query(args: argparse.Namespace) -> int:
-    from .train import scorer_for
+    from .scorers import scorer_for
 
     index = _open_index(args)
     where, candidates = parse_filters(args.where, args.candidates)

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
+from ._version import __version__
 from .artifact import atomic_directory
 from .build import (
     _check_index_type,
@@ -33,6 +33,7 @@ from .catalog import MAX_TEXT_CHARS, read_catalog
 from .encoders import load_encoder
 from .lexical import featurize
 from .normalize import NormalizerSettings, normalize_text
+from .registry import DEFAULT_MODEL
 from .shards import SET_FILE, SET_FORMAT, SET_FORMAT_VERSION, ShardedIndex, load_shards
 
 
@@ -41,7 +42,7 @@ def build_with_ray(
     out: str | Path,
     *,
     shards: int = 2,
-    model: str = "potion-8m",
+    model: str = DEFAULT_MODEL,
     embedding_dim: int | None = None,
     index_type: str = "auto",
     nlist: int | None = None,

@@ -15,7 +15,8 @@ from .calibration import AUTO, SCORE_THRESHOLD, resolve_threshold
 from .errors import NemFaissError, TrainingError
 from .match_index import MatchIndex, load_index
 from .registry import DEFAULT_MODEL
-from .train import MODES, SCORERS
+from .scorers import SCORERS
+from .train import MODES
 
 
 class Matcher:
@@ -183,7 +184,7 @@ class Matcher:
             raise NemFaissError("call fit() (or Matcher.load) before match()")
         threshold = self.threshold if threshold is None else threshold
         if self.scorer not in self._scorers:
-            from .train import scorer_for
+            from .scorers import scorer_for
 
             self._scorers[self.scorer] = scorer_for(self.index, self.scorer)
         scorer = self._scorers[self.scorer]

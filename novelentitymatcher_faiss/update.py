@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import __version__
+from ._version import __version__
 from .arrays import load_array
 from .artifact import (
     INDEX_FILE,

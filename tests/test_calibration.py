@@ -188,8 +188,10 @@ def test_calibrated_query_path_imports_nothing_heavy(split, calibrated):
         f"hit = load_index({str(calibrated.path)!r}).match({split[0][0]['name']!r}, "
         "threshold='auto')\n"
         "assert hit is not None and 'confidence' in hit, hit\n"
+        "from novelentitymatcher_faiss.scorers import scorer_for\n"
+        f"scorer_for(load_index({str(calibrated.path)!r})).match('x')\n"
         "heavy = ('torch', 'transformers', 'huggingface_hub', 'scipy', 'tqdm', 'setfit',"
-        " 'sentence_transformers', 'model2vec')\n"
+        " 'sentence_transformers', 'model2vec', 'sklearn', 'novelentitymatcher_faiss.train')\n"
         "print(sorted(m for m in heavy if m in sys.modules))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -32,10 +32,9 @@ from novelentitymatcher_faiss.cli import main as cli_main
 from novelentitymatcher_faiss.encoders import fingerprint_dir, load_encoder
 from novelentitymatcher_faiss.match_index import load_index
 from novelentitymatcher_faiss.normalize import NormalizerSettings, normalize_text
+from novelentitymatcher_faiss.scorers import HEAD_FILE, ClassifierHead
 from novelentitymatcher_faiss.sources import fetch_model
 from novelentitymatcher_faiss.train import (
-    HEAD_FILE,
-    ClassifierHead,
     check_training_data,
     choose_mode,
     fit_head,
@@ -245,7 +244,7 @@ def test_saved_matcher_reopens_with_every_scorer(tuned, split):
 
 
 def test_hybrid_scores_are_the_cosine_plus_the_weighted_head_probability(tuned, split):
-    from novelentitymatcher_faiss.train import HYBRID_WEIGHT, HeadScorer, HybridScorer, load_head
+    from novelentitymatcher_faiss.scorers import HYBRID_WEIGHT, HeadScorer, HybridScorer, load_head
 
     index = tuned["matcher"].index
     head = load_head(index)
@@ -303,7 +302,7 @@ def test_head_only_leaves_the_body_bit_identical(head_only, split, tmp_path):
 
 
 def test_hybrid_gives_no_bonus_to_a_labelled_entity_an_update_removed(tuned, split, tmp_path):
-    from novelentitymatcher_faiss.train import scorer_for
+    from novelentitymatcher_faiss.scorers import scorer_for
     from novelentitymatcher_faiss.update import update_index
 
     label = split[1][0]["label"]
