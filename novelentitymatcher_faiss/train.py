@@ -407,6 +407,7 @@ def train_index(
     show_progress: bool = True,
     overwrite: bool = False,
     callbacks: Sequence[Any] = (),
+    example_aliases: bool = True,
     **build_kwargs: Any,
 ):  # noqa: ANN201 - returns MatchIndex, like build_index
     """Train on ``training_data`` and write a self-contained artifact to ``path``.
@@ -419,6 +420,8 @@ def train_index(
     ``anchors`` catalog texts (:func:`catalog_anchors`). ``distill=True`` (or a dict of
     ``model2vec.distill.distill`` options) turns the result into a static model2vec model.
     ``lexical`` adds the character n-gram channel, as :func:`build.build_index` does.
+    ``example_aliases``: every training text also enters the index as an alias of its
+    entity (:func:`with_examples`), so what the examples say is found by the search itself.
     Other keyword arguments go to :func:`build.build_index`. Returns the opened index.
     """
     from .build import build_index
@@ -546,17 +549,44 @@ def train_index(
             base_id=f"{record['base_model']['id']} ({suffix})",
         )
         record["head"] = {"type": "logistic-regression", "c": head_c, "labels": len(head.labels)}
+        catalog: Any = entities
+        if example_aliases:
+            catalog = with_examples(entities, examples, settings)
+            record["example_aliases"] = sum(len(e["aliases"]) for e in catalog) - sum(
+                len(e["aliases"]) for e in read_catalog(entities))
         record["default_scorer"] = "hybrid"
         record["versions"] = _versions()
         record["train_seconds"] = round(time.perf_counter() - started, 3)
         return build_index(
-            entities,
+            catalog,
             path,
             encoder=encoder,
             bundle_model=True,
             extra_manifest={"training": record},
             **common,
         )
+
+
+def with_examples(
+    entities: Iterable[Mapping[str, Any]] | str | os.PathLike[str],
+    examples: Sequence[Mapping[str, str]],
+    settings: NormalizerSettings,
+) -> list[dict[str, Any]]:
+    """The catalog's entities with each example's (normalized) text added to the aliases of
+    its label; a text the entity already has, normalized as queries are, is not repeated."""
+    extra: dict[str, list[str]] = {}
+    for example in examples:
+        extra.setdefault(example["label"], []).append(example["text"])
+    out = []
+    for entity in read_catalog(entities):
+        more = extra.get(entity["id"])
+        if more:
+            have = {normalize_text(t[:MAX_TEXT_CHARS], settings)
+                    for t in (entity["name"], *entity["aliases"])}  # fmt: skip
+            added = [text for text in dict.fromkeys(more) if text not in have]
+            entity = {**entity, "aliases": [*entity["aliases"], *added]}
+        out.append(dict(entity))
+    return out
 
 
 def labels_of(examples: Sequence[Mapping[str, str]]) -> set[str]:

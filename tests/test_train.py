@@ -41,6 +41,7 @@ from novelentitymatcher_faiss.train import (
     holdout_split,
     train_index,
     training_data_sha256,
+    with_examples,
 )
 
 DATA = Path(__file__).parent / "data"
@@ -227,6 +228,29 @@ def test_manifest_records_the_training(tuned, split):
     assert str(Path.home()) not in json.dumps(manifest) and tempfile.gettempdir() not in (
         json.dumps(manifest)
     )
+
+
+def test_training_examples_enter_the_index_as_aliases(tuned, split):
+    index = load_index(tuned["path"])
+    assert index.manifest["training"]["example_aliases"] > 0
+    settings = NormalizerSettings()
+    for row in split[0]:
+        entity = index.get(row["label"])
+        texts = {normalize_text(t, settings) for t in (entity["name"], *entity["aliases"])}
+        assert row["text"] in texts, row
+    hits = index.match([row["text"] for row in split[0]], threshold=None)  # the index alone
+    right = sum(hit["id"] == row["label"] for hit, row in zip(hits, split[0], strict=True))
+    assert right >= 0.98 * len(split[0])
+
+
+def test_with_examples_adds_each_new_text_once():
+    catalog = [{"id": "DE", "name": "Germany", "aliases": ["Deutschland"]},
+               {"id": "FR", "name": "France", "aliases": []}]  # fmt: skip
+    examples = [{"text": "deutschland", "label": "DE"}, {"text": "allemagne", "label": "DE"},
+                {"text": "allemagne", "label": "DE"}, {"text": "frankreich", "label": "FR"}]
+    out = with_examples(catalog, examples, NormalizerSettings())
+    assert [e["aliases"] for e in out] == [["Deutschland", "allemagne"], ["frankreich"]]
+    assert catalog[1]["aliases"] == []  # the caller's entities are not changed
 
 
 def test_saved_matcher_reopens_with_every_scorer(tuned, split):
