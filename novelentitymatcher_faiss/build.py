@@ -144,6 +144,7 @@ def build_index(
     seed: int = 0,
     encoder: Encoder | None = None,
     extra_manifest: Mapping[str, Any] | None = None,
+    extra_files: Mapping[str, Path] | None = None,
     trained: Any = None,
     memory_budget: str | int | None = None,
     spill: int | None = None,
@@ -178,7 +179,9 @@ def build_index(
     (:func:`tune_early_stop`) and store it when it saves work. ``stage_graph``: its stages
     find their lists with an HNSW graph over the centroids (:func:`centroid_graph`, stored
     as ``STAGE_GRAPH_FILE``); default from ``STAGE_GRAPH_MIN_NLIST`` lists on, for indexes
-    with a flat coarse quantizer. ``calibrate``: fit the confidence model of
+    with a flat coarse quantizer. ``extra_files`` ({name at the artifact's root: source
+    file}): copied in and listed with the others (a trained head, :mod:`.scorers`).
+    ``calibrate``: fit the confidence model of
     :mod:`~novelentitymatcher_faiss.calibration` on perturbed catalog texts and store it
     (not for ``trained`` shards, nor catalogs under ``MIN_ENTITIES`` entities).
     Returns the opened :class:`~novelentitymatcher_faiss.match_index.MatchIndex`.
@@ -230,6 +233,8 @@ def build_index(
                 (tmp / VECTORS_FILE).unlink()
             if bundle_model:
                 shutil.copytree(encoder.path, tmp / MODEL_DIR)
+            for name, source in (extra_files or {}).items():
+                shutil.copyfile(source, tmp / name)
             files = file_records(tmp)
         manifest = {
             **_manifest_head(encoder, bool(bundle_model)),

@@ -80,10 +80,18 @@ class ClassifierHead:
         return cls(labels, weight, bias)
 
 
+def head_path(index: Any) -> Path:
+    """Where an opened artifact keeps its classifier head: inside the bundled model folder
+    (the body was trained), else at the artifact's root (head-only training: the body is the
+    registry model the manifest names)."""
+    bundled = index.manifest["model"].get("bundled")
+    return index.path / MODEL_DIR / HEAD_FILE if bundled else index.path / HEAD_FILE
+
+
 def load_head(index: Any) -> ClassifierHead:
-    """The classifier head bundled in an opened artifact (a ``MatchIndex``)."""
-    path = index.path / MODEL_DIR / HEAD_FILE
-    if not index.manifest["model"].get("bundled") or not path.is_file():
+    """The classifier head of an opened artifact (a ``MatchIndex``), see :func:`head_path`."""
+    path = head_path(index)
+    if "training" not in index.manifest or not path.is_file():
         raise NemFaissError(
             f"{index.path} has no classifier head: train it with mode 'head-only' or 'full' "
             "(nem-faiss train), or use scorer='index'"

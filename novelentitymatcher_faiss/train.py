@@ -38,7 +38,7 @@ from .encoders import Encoder, fingerprint_dir, load_encoder
 from .errors import ArtifactExistsError, TrainingError
 from .normalize import NormalizerSettings, normalize_text
 from .registry import get_spec
-from .scorers import ClassifierHead
+from .scorers import HEAD_FILE, ClassifierHead
 from .sources import SOURCE_DIR, resolve_model
 
 MODES = ("zero-shot", "head-only", "full")
@@ -408,6 +408,7 @@ def train_index(
     overwrite: bool = False,
     callbacks: Sequence[Any] = (),
     example_aliases: bool = True,
+    bundle_model: bool | None = None,
     **build_kwargs: Any,
 ):  # noqa: ANN201 - returns MatchIndex, like build_index
     """Train on ``training_data`` and write a self-contained artifact to ``path``.
@@ -422,7 +423,11 @@ def train_index(
     ``lexical`` adds the character n-gram channel, as :func:`build.build_index` does.
     ``example_aliases``: every training text also enters the index as an alias of its
     entity (:func:`with_examples`), so what the examples say is found by the search itself.
-    Other keyword arguments go to :func:`build.build_index`. Returns the opened index.
+    ``bundle_model``: copy the model into the artifact. None (the default) bundles a body
+    that training changed (``full``, or ``distill``); a ``head-only`` artifact then keeps
+    only its head (``HEAD_FILE``, kilobytes) and names the untouched registry model by name
+    and fingerprint, as a zero-shot build does. Other keyword arguments go to
+    :func:`build.build_index`. Returns the opened index.
     """
     from .build import build_index
 
@@ -449,6 +454,9 @@ def train_index(
         else []
     )
     mode = mode or choose_mode(examples)
+    if bundle_model is False and (mode == "full" or distill):
+        raise TrainingError("a fine-tuned or distilled model exists only in the artifact: "
+                            "bundle_model=False applies to mode 'head-only' alone")  # fmt: skip
     common = {
         "embedding_dim": embedding_dim,
         "normalize": settings,
@@ -516,7 +524,8 @@ def train_index(
                 loss="CosineSimilarityLoss",
                 anchors=len(extra),
             )
-        else:  # head-only: the body's files are copied untouched
+        bundle = bool(mode == "full" or distill) if bundle_model is None else bundle_model
+        if mode != "full" and (bundle or distill):  # head-only: the body's files, untouched
             shutil.copytree(base.path, folder)
         del base
         suffix = "setfit" if mode == "full" else "head"
@@ -535,19 +544,21 @@ def train_index(
                 "added_words": len(options["vocabulary"] or ()),
                 **_jsonable({k: v for k, v in options.items() if k != "vocabulary"}),
             }
-        encoder = load_encoder(str(folder), embedding_dim=embedding_dim, show_progress=False)
+        source = str(folder) if bundle else base_name  # unbundled: the registry model
+        encoder = load_encoder(source, embedding_dim=embedding_dim, show_progress=False)
         head = fit_head(
             encoder.encode([example["text"] for example in examples]),
             [example["label"] for example in examples],
             head_c,
         )
-        head.save(folder)
-        encoder = _renamed(
-            encoder,
-            folder,
-            f"{record['base_model']['name']}-{suffix}",
-            base_id=f"{record['base_model']['id']} ({suffix})",
-        )
+        head_file = head.save(folder if bundle else work)
+        if bundle:
+            encoder = _renamed(
+                encoder,
+                folder,
+                f"{record['base_model']['name']}-{suffix}",
+                base_id=f"{record['base_model']['id']} ({suffix})",
+            )
         record["head"] = {"type": "logistic-regression", "c": head_c, "labels": len(head.labels)}
         catalog: Any = entities
         if example_aliases:
@@ -561,8 +572,9 @@ def train_index(
             catalog,
             path,
             encoder=encoder,
-            bundle_model=True,
+            bundle_model=bundle,
             extra_manifest={"training": record},
+            extra_files=None if bundle else {HEAD_FILE: head_file},
             **common,
         )
 

@@ -53,6 +53,7 @@ from .catalog import read_catalog
 from .encoders import Encoder
 from .errors import ArtifactError, ArtifactExistsError, CatalogError
 from .match_index import MatchIndex, load_index
+from .scorers import HEAD_FILE
 from .search import iter_chunks
 from .spill import fill
 
@@ -305,6 +306,8 @@ def _write_compacted(old: MatchIndex, tmp: Path, change: _Change) -> None:
         _link_or_copy(old.path / STAGE_GRAPH_FILE, tmp / STAGE_GRAPH_FILE)
     if old.manifest["model"].get("bundled"):
         shutil.copytree(old.path / MODEL_DIR, tmp / MODEL_DIR)
+    elif (old.path / HEAD_FILE).is_file():  # head-only training: the head at the root
+        _link_or_copy(old.path / HEAD_FILE, tmp / HEAD_FILE)
     reused = int(kept_rows.sum())
     manifest = _manifest(old, counts, change, reused, counts["vectors"] - reused)
     manifest["columns"] = writer.columns_section

@@ -302,16 +302,28 @@ def test_hybrid_scores_are_the_cosine_plus_the_weighted_head_probability(tuned, 
     assert tuned["matcher"].match("", threshold=None) is None
 
 
-def test_head_only_leaves_the_body_bit_identical(head_only, split, tmp_path):
-    from safetensors.numpy import load_file
-
+def test_head_only_keeps_the_body_untouched_and_out_of_the_artifact(head_only, split, tmp_path):
     manifest = head_only.index.manifest
     assert head_only.mode == "head-only" and manifest["training"]["default_scorer"] == "hybrid"
-    before = load_file(str(fetch_model("minilm", show_progress=False) / "model.safetensors"))
-    after = load_file(str(head_only.index.path / MODEL_DIR / "model.safetensors"))
-    assert before.keys() == after.keys()
-    for name, tensor in before.items():
-        assert np.array_equal(tensor, after[name]), name
+    # the body is the registry model itself (same fingerprint), named, not copied: the
+    # artifact holds the head and the index, not the model's weights
+    assert manifest["model"]["bundled"] is False and manifest["model"]["name"] == "minilm"
+    assert manifest["model"]["fingerprint"] == fingerprint_dir(
+        fetch_model("minilm", show_progress=False))
+    assert not (head_only.index.path / MODEL_DIR).exists()
+    assert (head_only.index.path / HEAD_FILE).is_file() and HEAD_FILE in manifest["files"]
+    assert sum(f["size"] for f in manifest["files"].values()) < 10_000_000
+    with pytest.raises(TrainingError, match="bundle_model=False"):
+        train_index(CATALOG, split[0], tmp_path / "x", model="minilm", mode="full",
+                    bundle_model=False, show_progress=False)  # fmt: skip
+    from novelentitymatcher_faiss import update_index
+    from novelentitymatcher_faiss.scorers import load_head
+
+    labels = load_head(head_only.index).labels
+    for compact in (False, True):  # layered and rewritten updates both keep the head
+        updated = update_index(head_only.index.path, tmp_path / f"update-{compact}",
+                               remove=["AQ"], compact=compact, show_progress=False)  # fmt: skip
+        assert load_head(updated).labels == labels
     # the head is what learned: re-ranking the unchanged index it finds the held-out
     # variants more often than the index alone, and alone more often than the dense
     # vectors it reads (the index's lexical channel and name map already find many)
