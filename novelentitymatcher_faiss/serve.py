@@ -34,7 +34,7 @@ from .errors import NemFaissError, QueryError
 MAX_BODY_BYTES = 8 * 1024 * 1024
 #: Options a /match request may set, with the type each must have.
 OPTIONS: dict[str, Any] = {
-    "top_k": int, "threshold": (int, float), "nprobe": int, "where": dict,
+    "top_k": int, "threshold": (int, float, str), "nprobe": int, "where": dict,
     "candidates": list, "metadata": bool,
 }  # fmt: skip
 

@@ -63,6 +63,11 @@ def test_match_over_http_equals_the_library(server):
                                              metadata=True)  # fmt: skip
     status, payload = call(srv, "POST", "/match", {"text": "nothing like it", "threshold": 0.99})
     assert status == 200 and payload["match"] is None
+    status, payload = call(srv, "POST", "/match", {"texts": ["harvrd univ", "cooking pasta"],
+                                                   "threshold": "auto"})  # fmt: skip
+    assert status == 200 and payload["matches"] == index.match(["harvrd univ", "cooking pasta"],
+                                                               threshold="auto")  # fmt: skip
+    assert payload["matches"][0]["confidence"] >= 0.4 and payload["matches"][1] is None
 
 
 def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(server):
@@ -94,6 +99,7 @@ def test_bad_requests_are_clear_400s_and_the_server_goes_on(server):
         ({"text": "a", "top_k": True}, "wrong type"),
         ({"text": "a", "colour": "red"}, "unknown field"),
         ({"text": "a", "where": {"nope": 1}}, "no column 'nope'"),
+        ({"text": "a", "threshold": "high"}, "threshold must be"),
     ]:
         status, payload = call(srv, "POST", "/match", body)
         assert status == 400 and message in payload["error"], (body, payload)
