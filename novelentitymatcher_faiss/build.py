@@ -257,7 +257,7 @@ def build_index(
             _calibrate(tmp, manifest, encoder, seed, show_progress, clock)
     if show_progress:
         tqdm.write(stage_table(manifest["build_stages"]), file=sys.stderr)
-    return _open_fresh(Path(path))
+    return open_fresh(Path(path))
 
 
 @dataclass(frozen=True)
@@ -432,7 +432,7 @@ def _calibrate(
     write_manifest(tmp, manifest)
 
 
-def _open_fresh(path: Path):  # noqa: ANN202 - MatchIndex
+def open_fresh(path: Path):  # noqa: ANN202 - MatchIndex
     """Open the artifact just written; retry briefly if a concurrent build swaps it meanwhile."""
     from .match_index import load_index
 

@@ -430,8 +430,8 @@ class MatchIndex:
         shape;
         ``records`` (something with ``get(id)``): add each hit's metadata from it."""
         single = isinstance(texts, str)
-        queries = [texts] if single else _as_query_list(texts)
-        top_k = _check_top_k(top_k)
+        queries = [texts] if single else as_query_list(texts)
+        top_k = check_top_k(top_k)
         try:
             cut = resolve_threshold(threshold, calibration is not None, None)
         except ValueError as exc:
@@ -491,9 +491,10 @@ class MatchIndex:
                                  + (": no entity is likely" if top["is_novel"] else ""))
         return [hits[:top_k] for hits in found]
 
-    def normalize_query(self, text: str) -> str:
-        """``text`` cut to ``max_text_chars`` and normalized as this artifact's queries are."""
-        return self._normalize(text, 0)
+    def normalize_query(self, text: object, position: int = 0) -> str:
+        """``text`` cut to ``max_text_chars`` and normalized as this artifact's queries are;
+        QueryError naming ``position`` when it is not a string."""
+        return self._normalize(text, position)
 
     def search_vectors(
         self,
@@ -515,7 +516,7 @@ class MatchIndex:
             )
         if not np.isfinite(array).all():
             raise QueryError("query vectors contain NaN or infinity")
-        return self._search(array, _check_top_k(top_k), threshold, nprobe)
+        return self._search(array, check_top_k(top_k), threshold, nprobe)
 
     def _explain(self, queries: list[str], found: list[list[Result]]) -> None:
         """Add the dense and lexical cosines of every hit, re-encoding only the hit texts."""
@@ -780,7 +781,9 @@ def merge_hits(per_part: list[list[list[Result]]], top_k: int) -> list[list[Resu
     return merged
 
 
-def _as_query_list(texts: object) -> list[Any]:
+def as_query_list(texts: object) -> list[Any]:
+    """``texts`` (a sequence of queries) as a list; QueryError for None, bytes, a dict or a
+    non-iterable (a single str is the caller's case, not this one's)."""
     if texts is None:
         raise QueryError("query is None; pass a string or a list of strings")
     if isinstance(texts, bytes | dict) or not hasattr(texts, "__iter__"):
@@ -788,7 +791,8 @@ def _as_query_list(texts: object) -> list[Any]:
     return list(texts)
 
 
-def _check_top_k(top_k: object) -> int:
+def check_top_k(top_k: object) -> int:
+    """``top_k`` as an int >= 1; QueryError otherwise (bools included)."""
     if isinstance(top_k, bool) or not isinstance(top_k, int | np.integer) or top_k < 1:
         raise QueryError(f"top_k must be a positive int, got {top_k!r}")
     return int(top_k)

@@ -17,10 +17,8 @@ from typing import Any
 import numpy as np
 
 from .artifact import MODEL_DIR
-from .catalog import MAX_TEXT_CHARS
-from .errors import NemFaissError, QueryError
+from .errors import NemFaissError
 from .lexical import featurize
-from .normalize import normalize_text
 
 SCORERS = ("hybrid", "index", "head")
 #: The hybrid scorer adds this weight times the head's probability to a labelled entity's
@@ -151,21 +149,17 @@ class HeadScorer:
         is accepted for a uniform call and unused: the head scores every label. ``where``
         and ``candidates`` keep the labels whose entity meets them."""
         from .filters import make_selection
-        from .match_index import _as_query_list, _check_top_k, add_metadata, check_selection
+        from .match_index import add_metadata, as_query_list, check_selection, check_top_k
 
         single = isinstance(texts, str)
-        queries = [texts] if single else _as_query_list(texts)
+        queries = [texts] if single else as_query_list(texts)
         selection = make_selection(where, candidates)
         allowed = np.ones(len(self.head.labels), dtype=bool)
         if selection is not None:
             check_selection(self.index, selection)
             allowed = self.index.selects_ids(selection, self.head.labels)
-        top_k = min(_check_top_k(top_k), max(1, int(allowed.sum())))
-        norm = []
-        for position, text in enumerate(queries):
-            if not isinstance(text, str):
-                raise QueryError(f"query {position}: expected a string, got {type(text).__name__}")
-            norm.append(normalize_text(text[:MAX_TEXT_CHARS], self.index.normalizer))
+        top_k = min(check_top_k(top_k), max(1, int(allowed.sum())))
+        norm = [self.index.normalize_query(text, i) for i, text in enumerate(queries)]
         keep = [i for i, text in enumerate(norm) if text]
         out: list[list[dict[str, Any]]] = [[] for _ in queries]
         if keep:

@@ -22,9 +22,9 @@ from .filters import Selection, make_selection
 from .match_index import (
     MatchIndex,
     Result,
-    _check_top_k,
     check_compatible,
     check_selection,
+    check_top_k,
     load_index,
     merge_hits,
 )
@@ -136,7 +136,7 @@ class ShardedIndex:
         """As :meth:`MatchIndex.search_vectors`, over every shard."""
         per_shard = [shard.search_vectors(queries, top_k, threshold, nprobe)
                      for shard in self.shards]  # fmt: skip
-        return merge_hits(per_shard, _check_top_k(top_k))
+        return merge_hits(per_shard, check_top_k(top_k))
 
     def _search(
         self,

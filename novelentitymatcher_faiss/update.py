@@ -48,7 +48,7 @@ from .artifact import (
     sha256_file,
     write_manifest,
 )
-from .build import CatalogWriter, _open_fresh, build_index, is_graph_factory
+from .build import CatalogWriter, build_index, is_graph_factory, open_fresh
 from .catalog import read_catalog
 from .encoders import Encoder
 from .errors import ArtifactError, ArtifactExistsError, CatalogError
@@ -126,7 +126,7 @@ def update_index(
     change = _Change(masks, added, changes, started, batch_size, show_progress)
     with atomic_directory(target, overwrite=overwrite) as tmp:
         write(old, tmp, change)
-    return _open_fresh(target)
+    return open_fresh(target)
 
 
 def _hidden_after(
