@@ -66,7 +66,7 @@ def fold_rows(fold: int, base_model: str, workdir: Path) -> dict[str, dict[str, 
     score("zero-shot potion-8m", build_index(CATALOG, workdir / "zero", **common),
           time.perf_counter() - started)  # fmt: skip
     started = time.perf_counter()
-    aliased = with_examples(CATALOG, train, NormalizerSettings())
+    aliased, _ = with_examples(CATALOG, train, NormalizerSettings())
     score("alias baseline: potion-8m + examples as aliases",
           build_index(aliased, workdir / "alias", **common), time.perf_counter() - started)
     for with_aliases in (False, True):

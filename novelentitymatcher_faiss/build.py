@@ -252,9 +252,9 @@ def build_index(
             **dict(extra_manifest or {}),
         }
         manifest["files"] = files
-        write_manifest(tmp, manifest)
         if calibrate and trained is None:
             _calibrate(tmp, manifest, encoder, seed, show_progress, clock)
+        write_manifest(tmp, manifest)
     if show_progress:
         tqdm.write(stage_table(manifest["build_stages"]), file=sys.stderr)
     return open_fresh(Path(path))
@@ -417,8 +417,8 @@ def _calibrate(
     show_progress: bool,
     clock: StageClock,
 ) -> None:
-    """Fit the confidence model on the artifact written in ``tmp`` and add it (and the
-    stage's time) to its manifest."""
+    """Fit the confidence model on the artifact written in ``tmp`` (its files; ``manifest``
+    is written after) and add it, and the stage's time, to ``manifest``."""
     from .calibration import calibrate
     from .match_index import MatchIndex
 
@@ -429,7 +429,6 @@ def _calibrate(
         return
     manifest.update(calibration=fitted.to_dict(), build_seconds=round(clock.total(), 3),
                     build_stages=clock.to_dict())  # fmt: skip
-    write_manifest(tmp, manifest)
 
 
 def open_fresh(path: Path):  # noqa: ANN202 - MatchIndex

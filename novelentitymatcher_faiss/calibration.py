@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from .errors import QueryError
 from .normalize import word_trigrams
 from .perturb import one_letter_typo, partial_text
 
@@ -163,13 +164,13 @@ def resolve_threshold(
 ) -> float | None:
     """The cut a ``threshold`` argument means: :data:`AUTO` is :data:`DEFAULT_THRESHOLD`
     (on confidence) when ``calibrated``, else ``fallback`` (on the score); a number or None
-    is itself. Raises ValueError for anything else."""
+    is itself. Raises :class:`QueryError` (a ValueError) for anything else."""
     if threshold == AUTO:
         return DEFAULT_THRESHOLD if calibrated else fallback
     if threshold is None or (isinstance(threshold, int | float) and not isinstance(threshold, bool)
                              and math.isfinite(threshold)):  # fmt: skip
         return threshold
-    raise ValueError(f"threshold must be a number, None or {AUTO!r}, got {threshold!r}")
+    raise QueryError(f"threshold must be a number, None or {AUTO!r}, got {threshold!r}")
 
 
 def fit_logistic(

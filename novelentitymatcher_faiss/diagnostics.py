@@ -113,10 +113,7 @@ def diagnose(
     """
     normalized = _normalized(index, query)
     calibrated = getattr(index, "calibration", None) is not None and threshold is not None
-    try:
-        cut = resolve_threshold(threshold, calibrated, None)
-    except ValueError as exc:
-        raise QueryError(str(exc)) from None
+    cut = resolve_threshold(threshold, calibrated, None)
     out: dict[str, Any] = {"query": query, "normalized": normalized, "threshold": cut}
     decision = {"id": None, "score": None, "confidence": None, "matched": False,
                 "is_novel": False, "margin": None, "ambiguous": False}  # fmt: skip
@@ -132,7 +129,7 @@ def diagnose(
     margin = best["score"] - hits[1]["score"] if len(hits) > 1 else None
     ambiguous = margin is not None and margin < AMBIGUOUS_MARGIN
     value, name = (best["confidence"], "confidence") if calibrated else (best["score"], "score")
-    matched = cut is None or value >= cut
+    matched = best["accepted"] if calibrated else cut is None or value >= cut
     if not matched:
         reason = f"best {name} {value:.3f} is below the threshold {cut}"
         if calibrated:

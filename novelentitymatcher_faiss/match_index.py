@@ -432,10 +432,7 @@ class MatchIndex:
         single = isinstance(texts, str)
         queries = [texts] if single else as_query_list(texts)
         top_k = check_top_k(top_k)
-        try:
-            cut = resolve_threshold(threshold, calibration is not None, None)
-        except ValueError as exc:
-            raise QueryError(str(exc)) from None
+        cut = resolve_threshold(threshold, calibration is not None, None)
         if threshold is None:  # raw hits: no confidence, the top-1 search stays top-1
             calibration = None
         search_k = top_k if calibration is None else max(top_k, 3)

@@ -54,10 +54,7 @@ class Matcher:
             raise TrainingError(f"mode {mode!r} is not available; choose one of {MODES}")
         if scorer is not None and scorer not in SCORERS:
             raise NemFaissError(f"scorer {scorer!r} is not available; choose one of {SCORERS}")
-        try:
-            resolve_threshold(threshold, True, None)
-        except ValueError as exc:
-            raise NemFaissError(str(exc)) from None
+        resolve_threshold(threshold, True, None)  # QueryError (a NemFaissError) if bad
         self.entities = entities
         self.model = DEFAULT_MODEL if model == "default" else model
         self.threshold = threshold
@@ -188,9 +185,7 @@ class Matcher:
 
             self._scorers[self.scorer] = scorer_for(self.index, self.scorer)
         scorer = self._scorers[self.scorer]
-        if threshold == AUTO and getattr(scorer, "calibration", None) is None:
-            threshold = SCORE_THRESHOLD
-        return scorer.match(texts, top_k=top_k, threshold=threshold, nprobe=nprobe,
+        return scorer.match(texts, top_k=top_k, threshold=_on(scorer, threshold), nprobe=nprobe,
                             where=where, candidates=candidates, metadata=metadata)  # fmt: skip
 
     def explain_match(self, query: str, entity_id: str) -> dict[str, Any]:
@@ -205,7 +200,7 @@ class Matcher:
         index = self._opened()
         explained = explain_match(index, query, entity_id)
         score = explained["score"]
-        threshold = self._index_threshold(index)
+        threshold = _on(index, self.threshold)
         explained["threshold"] = threshold
         if index.calibration is not None and threshold is not None:
             top = index.match(query, threshold=0.0)
@@ -231,15 +226,8 @@ class Matcher:
         from .diagnostics import diagnose
 
         index = self._opened()
-        return diagnose(index, query, threshold=self._index_threshold(index), top_k=top_k,
+        return diagnose(index, query, threshold=_on(index, self.threshold), top_k=top_k,
                         where=where, candidates=candidates)  # fmt: skip
-
-    def _index_threshold(self, index: MatchIndex) -> float | str | None:
-        """This Matcher's threshold as the index's search takes it: ``"auto"`` stays where
-        the artifact is calibrated, else it is ``SCORE_THRESHOLD`` on the score."""
-        if self.threshold == AUTO and index.calibration is None:
-            return SCORE_THRESHOLD
-        return self.threshold
 
     def get_training_info(self) -> dict[str, Any]:
         """How the index was made: ``{"trained", "mode", "model", "entities", "scorer",
@@ -314,3 +302,12 @@ class Matcher:
 
     def __len__(self) -> int:
         return 0 if self.index is None else len(self.index)
+
+
+def _on(scorer: Any, threshold: float | str | None) -> float | str | None:
+    """``threshold`` as ``scorer`` (an index, shard set or trained scorer) takes it:
+    ``"auto"`` stays where it has a confidence model, else it is ``SCORE_THRESHOLD`` on the
+    score."""
+    if threshold == AUTO and getattr(scorer, "calibration", None) is None:
+        return SCORE_THRESHOLD
+    return threshold

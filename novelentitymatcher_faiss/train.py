@@ -562,9 +562,7 @@ def train_index(
         record["head"] = {"type": "logistic-regression", "c": head_c, "labels": len(head.labels)}
         catalog: Any = entities
         if example_aliases:
-            catalog = with_examples(entities, examples, settings)
-            record["example_aliases"] = sum(len(e["aliases"]) for e in catalog) - sum(
-                len(e["aliases"]) for e in read_catalog(entities))
+            catalog, record["example_aliases"] = with_examples(entities, examples, settings)
         record["default_scorer"] = "hybrid"
         record["versions"] = _versions()
         record["train_seconds"] = round(time.perf_counter() - started, 3)
@@ -583,13 +581,14 @@ def with_examples(
     entities: Iterable[Mapping[str, Any]] | str | os.PathLike[str],
     examples: Sequence[Mapping[str, str]],
     settings: NormalizerSettings,
-) -> list[dict[str, Any]]:
-    """The catalog's entities with each example's (normalized) text added to the aliases of
-    its label; a text the entity already has, normalized as queries are, is not repeated."""
+) -> tuple[list[dict[str, Any]], int]:
+    """(the catalog's entities with each example's (normalized) text added to the aliases
+    of its label, how many texts were added); a text the entity already has, normalized as
+    queries are, is not repeated."""
     extra: dict[str, list[str]] = {}
     for example in examples:
         extra.setdefault(example["label"], []).append(example["text"])
-    out = []
+    out, count = [], 0
     for entity in read_catalog(entities):
         more = extra.get(entity["id"])
         if more:
@@ -597,8 +596,9 @@ def with_examples(
                     for t in (entity["name"], *entity["aliases"])}  # fmt: skip
             added = [text for text in dict.fromkeys(more) if text not in have]
             entity = {**entity, "aliases": [*entity["aliases"], *added]}
+            count += len(added)
         out.append(dict(entity))
-    return out
+    return out, count
 
 
 def labels_of(examples: Sequence[Mapping[str, str]]) -> set[str]:

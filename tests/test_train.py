@@ -248,8 +248,9 @@ def test_with_examples_adds_each_new_text_once():
                {"id": "FR", "name": "France", "aliases": []}]  # fmt: skip
     examples = [{"text": "deutschland", "label": "DE"}, {"text": "allemagne", "label": "DE"},
                 {"text": "allemagne", "label": "DE"}, {"text": "frankreich", "label": "FR"}]
-    out = with_examples(catalog, examples, NormalizerSettings())
+    out, added = with_examples(catalog, examples, NormalizerSettings())
     assert [e["aliases"] for e in out] == [["Deutschland", "allemagne"], ["frankreich"]]
+    assert added == 2
     assert catalog[1]["aliases"] == []  # the caller's entities are not changed
 
 
