@@ -245,14 +245,14 @@ def decision_figures(
 
 def calibration_queries(
     texts_of: Callable[[int], list[str]], n_entities: int, count: int, seed: int
-) -> tuple[list[str], np.ndarray, list[str]]:
+) -> tuple[list[str], np.ndarray]:
     """``count`` perturbed queries of entities drawn from ``n_entities`` (``texts_of(row)``:
-    its name, then its aliases): (queries, entity rows int64 (count,), kinds). Seeded."""
+    its name, then its aliases): (queries, entity rows int64 (count,)). Seeded."""
     rng = random.Random(seed)
     kinds, shares = zip(*QUERY_KINDS, strict=True)
     owners = [rng.randrange(n_entities) for _ in range(count)]
     texts = {row: texts_of(row) for row in sorted(set(owners))}
-    queries, chosen = [], []
+    queries = []
     for owner in owners:
         names = texts[owner]
         text = names[0] if len(names) == 1 or rng.random() < NAME_SHARE else rng.choice(names[1:])
@@ -262,8 +262,7 @@ def calibration_queries(
         elif kind == "partial":
             text = partial_text(text, rng)
         queries.append(text)
-        chosen.append(kind)
-    return queries, np.asarray(owners, dtype=np.int64), chosen
+    return queries, np.asarray(owners, dtype=np.int64)
 
 
 def calibrate(
@@ -281,7 +280,7 @@ def calibrate(
         record = index.entity(row)
         return [record["name"], *record.get("aliases", [])]
 
-    queries, owners, _ = calibration_queries(texts_of, index.n_entities, count, seed)
+    queries, owners = calibration_queries(texts_of, index.n_entities, count, seed)
     own_ids = index.ids.take(owners.tolist())
     found: list[list[dict[str, Any]]] = []
     with tqdm(total=len(queries), desc="calibrate", unit="q", disable=not show_progress) as bar:
@@ -305,18 +304,27 @@ def calibrate(
     if len(set(labels)) < 2:
         return None
     split = np.random.default_rng(seed).random(len(labels_array)) < 2 / 3
-    model = _model(features[split], labels_array[split], {})
+    model = _model(features[split], labels_array[split])
     held = decision_figures(model.confidence(features[~split]), labels_array[~split])
     fitted_on = {"queries": len(queries), "examples": len(labels_array),
                  "correct_share": round(float(labels_array.mean()), 4), "seed": seed,
                  "kinds": dict(QUERY_KINDS), "held_out_share": round(1 / 3, 4)}  # fmt: skip
-    final = _model(features, labels_array, fitted_on)
-    return Calibration(final.mean, final.scale, final.weights, final.bias, fitted_on,
-                       {**held, "examples": int((~split).sum())})  # fmt: skip
+    return _model(features, labels_array, fitted_on,
+                  {**held, "examples": int((~split).sum())})  # fmt: skip
 
 
-def _model(features: np.ndarray, labels: np.ndarray, fitted_on: dict[str, Any]) -> Calibration:
+def _model(
+    features: np.ndarray,
+    labels: np.ndarray,
+    fitted_on: dict[str, Any] | None = None,
+    held_out: dict[str, Any] | None = None,
+) -> Calibration:
+    """A :class:`Calibration` fitted on ``features`` and ``labels`` (:func:`fit_logistic`),
+    its numbers rounded to 8 digits for the manifest."""
     mean, scale, weights, bias = fit_logistic(features, labels)
-    as_tuple = lambda a: tuple(round(float(v), 8) for v in a)  # noqa: E731
-    return Calibration(as_tuple(mean), as_tuple(scale), as_tuple(weights), round(bias, 8),
-                       fitted_on, {})  # fmt: skip
+    return Calibration(_rounded(mean), _rounded(scale), _rounded(weights), round(bias, 8),
+                       fitted_on or {}, held_out or {})  # fmt: skip
+
+
+def _rounded(values: np.ndarray) -> tuple[float, ...]:
+    return tuple(round(float(v), 8) for v in values)
