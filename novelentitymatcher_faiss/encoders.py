@@ -91,10 +91,12 @@ def fingerprint_dir(path: str | Path) -> str:
             file_hash = hashlib.file_digest(fh, "sha256").digest()
         digest.update(rel.encode("utf-8") + b"\0" + file_hash)
     found = digest.hexdigest()
+    # a file written just now could change again within the same clock tick, its size
+    # unchanged: such a folder is not remembered
     settled = time.time_ns() - _RACY_NS
-    if all(mtime < settled for _, _, mtime, _ in stamp):  # a file written just now could
-        _write_stamps({**stamps, key: {"stamp": stamp, "fingerprint": found}})  # change
-    return found  # again within the same clock tick, size unchanged: not remembered
+    if all(mtime < settled for _, _, mtime, _ in stamp):
+        _write_stamps({**stamps, key: {"stamp": stamp, "fingerprint": found}})
+    return found
 
 
 #: Fingerprints of model folders with the stat of their files, in the cache dir (JSON).

@@ -525,7 +525,7 @@ def train_index(
                 anchors=len(extra),
             )
         bundle = bool(mode == "full" or distill) if bundle_model is None else bundle_model
-        if mode != "full" and (bundle or distill):  # head-only: the body's files, untouched
+        if mode != "full" and bundle:  # head-only, bundled: the body's files, untouched
             shutil.copytree(base.path, folder)
         del base
         suffix = "setfit" if mode == "full" else "head"
