@@ -1,4 +1,5 @@
-"""The on-disk artifact: file names, manifest, atomic writes and integrity checks.
+"""The on-disk artifact: file names, atomic writes and integrity checks (the manifest's
+content is :mod:`.manifest`'s).
 
 An artifact is a directory::
 
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
-import json
 import os
 import shutil
 import uuid
@@ -31,12 +31,9 @@ from .errors import (
     ArtifactCorruptError,
     ArtifactError,
     ArtifactExistsError,
-    ArtifactIncompatibleError,
     ArtifactMissingError,
 )
 
-FORMAT = "nem-faiss-index"
-FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 INDEX_FILE = "index.faiss"
 #: The HNSW graph over an IVF index's centroids that early-stop stages search (optional).
@@ -44,20 +41,8 @@ STAGE_GRAPH_FILE = "stage_graph.faiss"
 ROW_ENTITY_FILE = "row_entity.npy"
 VECTORS_FILE = "vectors.npy"
 MODEL_DIR = "model"
-MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 #: ``verify="fast"`` still checks every sha256 when the whole artifact is this small.
 FAST_HASH_MAX_BYTES = 32 * 1024 * 1024
-_REQUIRED_KEYS = {
-    "format": str,
-    "format_version": int,
-    "library_version": str,
-    "faiss_version": str,
-    "model": dict,
-    "normalizer": dict,
-    "index": dict,
-    "counts": dict,
-    "files": dict,
-}
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -112,67 +97,7 @@ def member(directory: Path, name: str) -> Path:
     return path
 
 
-def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
-    """Write ``manifest.json`` (UTF-8, sorted keys) and fsync it."""
-    data = json.dumps(manifest, indent=2, sort_keys=True, allow_nan=False).encode("utf-8")
-    with open(directory / MANIFEST, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def read_manifest(directory: Path) -> dict[str, Any]:
-    """Read and type-check ``manifest.json``; raises an :class:`ArtifactError` subclass."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise ArtifactMissingError(f"{directory}: no artifact directory here; build one first")
-    path = directory / MANIFEST
-    if not path.is_file() or path.is_symlink():
-        raise ArtifactMissingError(f"{path}: manifest missing; this is not a complete artifact")
-    if path.stat().st_size > MAX_MANIFEST_BYTES:
-        raise ArtifactCorruptError(f"{path}: manifest is implausibly large")
-    try:
-        manifest = json.loads(path.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ArtifactCorruptError(
-            f"{path}: not valid JSON ({exc}); rebuild the artifact"
-        ) from None
-    if not isinstance(manifest, dict):
-        raise ArtifactCorruptError(f"{path}: the manifest must be a JSON object")
-    for key, kind in _REQUIRED_KEYS.items():
-        if not isinstance(manifest.get(key), kind) or isinstance(manifest.get(key), bool):
-            raise ArtifactCorruptError(f"{path}: field {key!r} missing or not a {kind.__name__}")
-    if manifest["format"] != FORMAT:
-        raise ArtifactIncompatibleError(f"{path}: format {manifest['format']!r} is not {FORMAT!r}")
-    if manifest["format_version"] > FORMAT_VERSION:
-        raise ArtifactIncompatibleError(
-            f"{path}: format version {manifest['format_version']} is newer than this library "
-            f"reads ({FORMAT_VERSION}); upgrade novelentitymatcher-faiss"
-        )
-    if manifest["format_version"] < 1:
-        raise ArtifactCorruptError(f"{path}: invalid format version {manifest['format_version']}")
-    _check_faiss_version(path, manifest["faiss_version"])
-    return manifest
-
-
-def _check_faiss_version(path: Path, written_by: str) -> None:
-    import faiss
-
-    def major_minor(version: str) -> tuple[int, int]:
-        try:
-            major, minor = version.split(".")[:2]
-            return int(major), int(minor)
-        except ValueError:
-            raise ArtifactCorruptError(f"{path}: invalid faiss_version {version!r}") from None
-
-    if major_minor(written_by) > major_minor(faiss.__version__):
-        raise ArtifactIncompatibleError(
-            f"{path}: written by faiss {written_by}, newer than the installed faiss "
-            f"{faiss.__version__}; upgrade faiss-cpu to open it"
-        )
-
-
-def check_files(directory: Path, manifest: dict[str, Any], *, full: bool) -> None:
+def check_files(directory: Path, files: dict[str, Any], *, full: bool) -> None:
     """Check every listed file exists with its recorded size, and its sha256 when ``full``.
 
     Artifacts of at most ``FAST_HASH_MAX_BYTES`` in all are always hashed (it takes a few
@@ -180,7 +105,6 @@ def check_files(directory: Path, manifest: dict[str, Any], *, full: bool) -> Non
     disk but absent from the manifest are reported too.
     """
     directory = Path(directory)
-    files = manifest["files"]
     checked = []
     for name, record in files.items():
         path = member(directory, name)

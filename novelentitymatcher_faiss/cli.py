@@ -18,7 +18,16 @@ if TYPE_CHECKING:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nem-faiss", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
+    _build_arguments(commands)
+    _train_arguments(commands)
+    _update_arguments(commands)
+    _query_arguments(commands)
+    _info_arguments(commands)
+    return parser
 
+
+def _build_arguments(commands: Any) -> None:
+    """The ``build`` command."""
     build = commands.add_parser("build", help="encode a catalog into an index artifact")
     build.add_argument(
         "catalog", help="catalog file: .csv (aliases '|'-separated), .jsonl or .json"
@@ -55,6 +64,9 @@ def _parser() -> argparse.ArgumentParser:
         help="print the artifact, index settings, counts and per-stage build seconds as JSON",
     )  # fmt: skip
 
+
+def _train_arguments(commands: Any) -> None:
+    """The ``train`` command."""
     train = commands.add_parser(
         "train", help="fine-tune on labelled examples (SetFit) and write a trained artifact"
     )
@@ -87,6 +99,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--overwrite", action="store_true", help="replace an existing artifact")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
 
+
+def _update_arguments(commands: Any) -> None:
+    """The ``update`` command."""
     update = commands.add_parser(
         "update", help="write a new artifact from an old one: add, replace or remove entities"
     )
@@ -106,6 +121,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     update.add_argument("--quiet", action="store_true", help="no progress bars")
 
+
+def _query_arguments(commands: Any) -> None:
+    """The commands that answer queries: ``query``, ``serve``, ``diagnose``."""
     query = commands.add_parser("query", help="match texts (arguments, or one per stdin line)")
     query.add_argument("artifact")
     query.add_argument("texts", nargs="*")
@@ -145,6 +163,9 @@ def _parser() -> argparse.ArgumentParser:
                           help="explain the score against this entity instead")
     _filter_arguments(diagnose)
 
+
+def _info_arguments(commands: Any) -> None:
+    """The commands about artifacts and models: ``info``, ``verify``, ``models``."""
     info = commands.add_parser("info", help="print an artifact's manifest summary")
     info.add_argument("artifact")
     info.add_argument("--json", action="store_true", help="print the whole manifest")
@@ -159,7 +180,6 @@ def _parser() -> argparse.ArgumentParser:
     fetch.add_argument("name")
     where = model_commands.add_parser("path", help="print a cached model's folder")
     where.add_argument("name")
-    return parser
 
 
 def _filter_arguments(parser: argparse.ArgumentParser) -> None:
@@ -268,9 +288,9 @@ def _build(args: argparse.Namespace) -> int:
     )
     if args.json:
         manifest = index.manifest
-        report = {"artifact": str(index.path), "index": manifest["index"],
-                  "counts": manifest["counts"], "build_seconds": manifest["build_seconds"],
-                  "build_stages": manifest["build_stages"]}  # fmt: skip
+        report = {"artifact": str(index.path), "index": manifest.index.to_dict(),
+                  "counts": manifest.counts.to_dict(), "build_seconds": manifest.build_seconds,
+                  "build_stages": manifest.build_stages}  # fmt: skip
         print(json.dumps(report, indent=2, ensure_ascii=False))
     else:
         print(index)
@@ -294,7 +314,7 @@ def _update(args: argparse.Namespace) -> int:
         show_progress=not args.quiet,
         compact=args.compact,
     )
-    lineage = index.manifest["lineage"]
+    lineage = index.manifest.lineage or {}
     print(index)
     print(
         f"added {lineage['added_entities']}, replaced {lineage['replaced_entities']}, removed "
@@ -323,7 +343,7 @@ def _train(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         show_progress=not args.quiet,
     )
-    training = index.manifest.get("training") or {"mode": "zero-shot"}
+    training = index.manifest.training or {"mode": "zero-shot"}
     print(index)
     print(
         f"mode {training['mode']}, base {training.get('base_model', {}).get('name', '-')}, "
@@ -407,13 +427,14 @@ def _threshold(value: str) -> float | str:
         raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {value!r}") from None
 
 
-def _print_calibration(section: dict[str, Any] | None) -> None:
-    """The ``info`` lines of a manifest's calibration section (or that there is none)."""
-    if not section:
+def _print_calibration(model: Any) -> None:
+    """The ``info`` lines of an artifact's :class:`~.calibration.Calibration` (or that there
+    is none)."""
+    if model is None:
         print("confidence: none (threshold applies to the raw score)")
         return
-    fitted, held = section["fitted_on"], section["held_out"]
-    print(f"confidence: logistic over {len(section['features'])} features, fitted on "
+    fitted, held = model.fitted_on, model.held_out
+    print(f"confidence: logistic over {len(model.weights)} features, fitted on "
           f"{fitted['examples']} examples: {fitted['queries']} perturbed catalog texts "
           f"searched with and without their entity (seed {fitted['seed']}; kinds "
           f"{fitted['kinds']})")  # fmt: skip
@@ -449,69 +470,76 @@ def _stdin_batches(size: int = 1024) -> Any:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from .artifact import read_manifest
+    from .manifest import read_manifest
 
     manifest = read_manifest(args.artifact)
     if args.json:
-        print(json.dumps(manifest, indent=2, sort_keys=True))
+        print(json.dumps(manifest.to_dict(), indent=2, sort_keys=True))
         return 0
-    model, index, counts = manifest["model"], manifest["index"], manifest["counts"]
-    size = sum(record["size"] for record in manifest["files"].values())
+    model, index, counts = manifest.model, manifest.index, manifest.counts
     print(f"artifact:   {args.artifact}")
     print(
-        f"format:     {manifest['format']} v{manifest['format_version']}, "
-        f"library {manifest['library_version']}, faiss {manifest['faiss_version']}"
+        f"format:     {manifest.format} v{manifest.format_version}, "
+        f"library {manifest.library_version}, faiss {manifest.faiss_version}"
     )
     print(
-        f"model:      {model['name']} ({model['backend']}), "
-        f"dim {model['dim']}/{model['native_dim']}, bundled: {model['bundled']}"
+        f"model:      {model.name} ({model.backend}), "
+        f"dim {model.dim}/{model.native_dim}, bundled: {model.bundled}"
     )
     print(
-        f"index:      {index['type']} ({index['factory']}), "
-        f"nlist {index['nlist']}, nprobe {index['nprobe']}, spill {index.get('spill', 1)}"
+        f"index:      {index.type} ({index.factory}), "
+        f"nlist {index.nlist}, nprobe {index.nprobe}, spill {index.spill}"
     )
-    stop = index.get("early_stop")
-    if stop:
-        later = "".join(f"; then {s['nprobe']} lists, margin {s['margin']:.3f}"
-                        for s in stop.get("then", []))  # fmt: skip
-        print(f"early stop: top-1 queries probe {stop['nprobe']} lists first, stop on a margin "
-              f"of {stop['margin']:.3f} over the next list{later}")  # fmt: skip
-        if stop.get("graph_ef_search"):
-            print(f"            stages find their lists in an HNSW graph over the centroids "
-                  f"(efSearch {stop['graph_ef_search']})")  # fmt: skip
-    lexical = manifest.get("lexical")
-    if lexical:
-        spelled = " + spelling forms" if lexical.get("features") != "char_wb" else ""
-        name_map = (f", name map {lexical['map_name']} (share {lexical['name_map']})"
-                    if lexical.get("name_map") else ", no name map")  # fmt: skip
-        grams = f"{lexical['ngram_min']}-{lexical['ngram_max']}-grams"
-        print(f"lexical:    weight {lexical['weight']}, {lexical['dim']} buckets of {grams}"
-              f"{spelled}{name_map}")  # fmt: skip
-    else:
-        print("lexical:    none (dense only)")
-    print(f"counts:     {counts['entities']} entities, {counts['vectors']} vectors")
-    fields = (manifest.get("columns") or {}).get("fields", {})
+    _print_early_stop(index.early_stop)
+    _print_lexical(manifest.lexical)
+    print(f"counts:     {counts.entities} entities, {counts.vectors} vectors")
+    fields = (manifest.columns or {}).get("fields", {})
     if fields:
         listed = ", ".join(f"{name} ({info['type']}, {info['rows']} rows)"
                            for name, info in sorted(fields.items()))  # fmt: skip
         print(f"columns:    {listed}")
-    print(f"size:       {size / 1e6:.1f} MB in {len(manifest['files'])} files")
-    print(f"built:      {manifest.get('created_at')} in {manifest.get('build_seconds')} s")
-    stages = manifest.get("build_stages")
+    print(f"size:       {manifest.size() / 1e6:.1f} MB in {len(manifest.files)} files")
+    print(f"built:      {manifest.created_at} in {manifest.build_seconds} s")
+    stages = manifest.build_stages
     if stages:
         from .build import BUILD_STAGES
 
         ordered = sorted(stages, key=lambda n: BUILD_STAGES.index(n) if n in BUILD_STAGES else 99)
         print("stages:     " + ", ".join(f"{name} {stages[name]:.2f} s" for name in ordered))
-    _print_calibration(manifest.get("calibration"))
+    _print_calibration(manifest.calibration)
     return 0
+
+
+def _print_early_stop(stop: Any) -> None:
+    """The ``info`` line of an :class:`~.search.EarlyStop` plan (nothing for None)."""
+    if stop is None:
+        return
+    later = "".join(f"; then {n} lists, margin {m:.3f}" for n, m in stop.then)
+    print(f"early stop: top-1 queries probe {stop.nprobe} lists first, stop on a margin "
+          f"of {stop.margin:.3f} over the next list{later}")  # fmt: skip
+    if stop.graph_ef_search:
+        print(f"            stages find their lists in an HNSW graph over the centroids "
+              f"(efSearch {stop.graph_ef_search})")  # fmt: skip
+
+
+def _print_lexical(lexical: Any) -> None:
+    """The ``info`` line of :class:`~.lexical.LexicalSettings` (or dense only)."""
+    if lexical is None:
+        print("lexical:    none (dense only)")
+        return
+    spelled = " + spelling forms" if lexical.phonetic else ""
+    name_map = (f", name map {lexical.map_name} (share {lexical.name_map})"
+                if lexical.name_map else ", no name map")  # fmt: skip
+    grams = f"{lexical.ngram_min}-{lexical.ngram_max}-grams"
+    print(f"lexical:    weight {lexical.weight}, {lexical.dim} buckets of {grams}"
+          f"{spelled}{name_map}")  # fmt: skip
 
 
 def _verify(args: argparse.Namespace) -> int:
     from .match_index import load_index
 
     index = load_index(args.artifact, verify="full")
-    print(f"ok: {args.artifact} ({len(index.manifest['files'])} files, sha256 verified)")
+    print(f"ok: {args.artifact} ({len(index.manifest.files)} files, sha256 verified)")
     return 0
 
 

@@ -20,21 +20,16 @@ from typing import Any
 
 import numpy as np
 
-from ._version import __version__
 from .artifact import atomic_directory
-from .build import (
-    _check_index_type,
-    choose_index,
-    new_trained_index,
-    resolve_lexical,
-    training_sample_size,
-)
+from .build import resolve_lexical
 from .catalog import MAX_TEXT_CHARS, read_catalog
 from .encoders import load_encoder
+from .indexing import check_index_type, choose_index, new_trained_index, training_sample_size
 from .lexical import featurize
+from .manifest import ShardSet
 from .normalize import NormalizerSettings, normalize_text
 from .registry import DEFAULT_MODEL
-from .shards import SET_FILE, SET_FORMAT, SET_FORMAT_VERSION, ShardedIndex, load_shards
+from .shards import ShardedIndex, load_shards
 
 
 def build_with_ray(
@@ -61,37 +56,22 @@ def build_with_ray(
     the whole catalog; nprobe is tuned per shard unless fixed. Returns the
     :class:`ShardedIndex` of the written folder.
     """
-    import faiss
     import ray
 
     if not isinstance(shards, int) or shards < 1:
         raise ValueError(f"shards must be a positive int, got {shards!r}")
-    _check_index_type(index_type)
+    check_index_type(index_type)
     started = time.perf_counter()
     rows = [dict(entity) for entity in read_catalog(entities)]
-    settings = NormalizerSettings(bool(normalize))
-    lexical_settings = resolve_lexical(lexical)
     encoder = load_encoder(model, embedding_dim=embedding_dim, show_progress=show_progress)
-    dim = encoder.dim + (lexical_settings.width if lexical_settings else 0)
-    vectors_estimate = sum(1 + len(row["aliases"]) for row in rows)
-    kind, factory, n_list = choose_index(index_type, vectors_estimate, dim, nlist)
-    trained = None
-    if n_list or kind == "factory":
-        sample = _sample_vectors(rows, factory, dim, encoder, lexical_settings, settings, seed)
-        trained = faiss.serialize_index(
-            new_trained_index(factory, sample, seed, show_progress)
-        )
-    options = {
-        "model": model,
-        "embedding_dim": embedding_dim,
-        "index_type": kind if kind != "factory" else factory,
-        "nlist": n_list or None,
-        "nprobe": nprobe,
-        "lexical": lexical,
-        "normalize": normalize,
-        "batch_size": batch_size,
-        "seed": seed,
-    }
+    kind, factory, n_list, trained = _trained_quantizer(
+        rows, encoder, index_type, nlist, resolve_lexical(lexical),
+        NormalizerSettings(bool(normalize)), seed, show_progress,
+    )  # fmt: skip
+    options = {"model": model, "embedding_dim": embedding_dim, "nlist": n_list or None,
+               "index_type": kind if kind != "factory" else factory, "nprobe": nprobe,
+               "lexical": lexical, "normalize": normalize, "batch_size": batch_size,
+               "seed": seed}  # fmt: skip
     # each row travels as its catalog position (names the shard) and its entity as JSON,
     # so metadata of any shape survives Ray Data's columnar blocks unchanged
     items = [{"row": n, "entity": json.dumps(row, ensure_ascii=False)}
@@ -104,20 +84,38 @@ def build_with_ray(
             batch_format="numpy",
             fn_kwargs={"folder": str(tmp), "trained": trained, "options": options},
         ).take_all()
-        names = sorted(record["shard"] for record in written)
-        manifest = {
-            "format": SET_FORMAT,
-            "format_version": SET_FORMAT_VERSION,
-            "library_version": __version__,
-            "shards": names,
-            "entities": len(rows),
-            "index_type": options["index_type"],
-            "nlist": n_list or None,
-            "built_with": f"ray {ray.__version__}",
-            "build_seconds": round(time.perf_counter() - started, 3),
-        }
-        (tmp / SET_FILE).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        names = tuple(sorted(record["shard"] for record in written))
+        seconds = round(time.perf_counter() - started, 3)
+        listing = ShardSet(names, len(rows), options["index_type"], n_list or None,
+                           f"ray {ray.__version__}", seconds)  # fmt: skip
+        listing.write(tmp)
     return load_shards(Path(out))
+
+
+def _trained_quantizer(
+    rows: list[dict[str, Any]],
+    encoder: Any,
+    index_type: str,
+    nlist: int | None,
+    lexical: Any,
+    settings: NormalizerSettings,
+    seed: int,
+    show_progress: bool,
+) -> tuple[str, str, int, Any]:
+    """The whole catalog's index kind, FAISS factory and nlist (:func:`choose_index`), and
+    the empty index trained once for every shard, serialized (None when it needs no
+    training)."""
+    import faiss
+
+    dim = encoder.dim + (lexical.width if lexical else 0)
+    vectors_estimate = sum(1 + len(row["aliases"]) for row in rows)
+    kind, factory, n_list = choose_index(index_type, vectors_estimate, dim, nlist)
+    if not (n_list or kind == "factory"):
+        return kind, factory, n_list, None
+    sample = _sample_vectors(rows, factory, dim, encoder, lexical, settings, seed)
+    return kind, factory, n_list, faiss.serialize_index(
+        new_trained_index(factory, sample, seed, show_progress)
+    )
 
 
 def _sample_vectors(

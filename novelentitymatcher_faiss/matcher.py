@@ -10,9 +10,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .artifact import atomic_directory, file_records, list_files, read_manifest, write_manifest
+from .artifact import atomic_directory, file_records, list_files
 from .calibration import AUTO, SCORE_THRESHOLD, resolve_threshold
 from .errors import NemFaissError, TrainingError
+from .manifest import read_manifest, write_manifest
 from .match_index import MatchIndex, load_index
 from .registry import DEFAULT_MODEL
 from .scorers import SCORERS
@@ -100,12 +101,7 @@ class Matcher:
             raise NemFaissError(
                 "this Matcher has no entities to fit; use Matcher.load(path) instead"
             )
-        if texts is not None or labels is not None:
-            if training_data is not None:
-                raise TrainingError("give training_data or texts and labels, not both")
-            if texts is None or labels is None or len(texts) != len(labels):
-                raise TrainingError("texts and labels must be two lists of the same length")
-            training_data = [{"text": t, "label": y} for t, y in zip(texts, labels, strict=True)]
+        training_data = _examples(training_data, texts, labels)
         mode = mode or self.mode
         if mode is not None and mode not in MODES:
             raise TrainingError(f"mode {mode!r} is not available; choose one of {MODES}")
@@ -113,41 +109,20 @@ class Matcher:
             self._workdir = Path(tempfile.mkdtemp(prefix="nem-faiss-"))
             weakref.finalize(self, shutil.rmtree, self._workdir, True)
         target = self._workdir / "index"
+        options = {"model": self.model, "embedding_dim": self.embedding_dim, "seed": seed,
+                   "index_type": self.index_type, "normalize": self.normalize,
+                   "show_progress": self.show_progress, "overwrite": True, **kwargs}  # fmt: skip
         if not training_data and mode in (None, "zero-shot"):
             if batch_size is not None:
-                kwargs["batch_size"] = batch_size
-            self.index = build_index(
-                self.entities,
-                target,
-                model=self.model,
-                embedding_dim=self.embedding_dim,
-                index_type=self.index_type,
-                normalize=self.normalize,
-                show_progress=self.show_progress,
-                overwrite=True,
-                seed=seed,
-                **kwargs,
-            )
+                options["batch_size"] = batch_size
+            self.index = build_index(self.entities, target, **options)
         else:
-            self.index = train_index(
-                self.entities,
-                training_data,
-                target,
-                model=self.model,
-                mode=mode,
-                num_epochs=num_epochs,
-                batch_size=16 if batch_size is None else batch_size,
-                seed=seed,
-                embedding_dim=self.embedding_dim,
-                index_type=self.index_type,
-                normalize=self.normalize,
-                show_progress=self.show_progress,
-                overwrite=True,
-                **kwargs,
-            )
+            self.index = train_index(self.entities, training_data, target, mode=mode,
+                                     num_epochs=num_epochs,
+                                     batch_size=16 if batch_size is None else batch_size,
+                                     **options)  # fmt: skip
         self._scorers = {}
-        training = self.index.manifest.get("training") or {}
-        self.mode = training.get("mode", "zero-shot")
+        self.mode = self.index.manifest.training_mode
         return self
 
     async def fit_async(self, *args: Any, **kwargs: Any) -> Matcher:
@@ -234,13 +209,14 @@ class Matcher:
         "threshold", **the artifact's training record}`` (examples, labels, steps, time and
         versions for a trained artifact)."""
         index = self._opened()
-        training = dict(index.manifest.get("training") or {})
+        training = dict(index.manifest.training or {})
+        training.pop("mode", None)
         return {
-            "trained": bool(training),
-            "mode": training.pop("mode", "zero-shot"),
-            "model": index.manifest["model"]["name"],
+            "trained": index.manifest.training is not None,
+            "mode": index.manifest.training_mode,
+            "model": index.manifest.model.name,
             "entities": len(index),
-            "scorer": self.scorer or training.get("default_scorer", "index"),
+            "scorer": self.scorer or index.manifest.default_scorer,
             "threshold": self.threshold,
             **training,
         }
@@ -264,28 +240,22 @@ class Matcher:
             for name in list_files(source):
                 (tmp / name).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(source / name, tmp / name)
-            manifest = read_manifest(tmp)
-            manifest["matcher"] = {
-                "threshold": self.threshold,
-                "mode": self.mode,
-                "scorer": self.scorer,
-            }
-            manifest["files"] = file_records(tmp)
-            write_manifest(tmp, manifest)
+            settings = {"threshold": self.threshold, "mode": self.mode, "scorer": self.scorer}
+            write_manifest(tmp, read_manifest(tmp).replace(matcher=settings,
+                                                           files=file_records(tmp)))  # fmt: skip
         return Path(path)
 
     @classmethod
     def load(cls, path: str | Path, *, verify: str = "fast") -> Matcher:
         """Open a saved Matcher (or any artifact) from ``path``."""
         index = load_index(path, verify=verify)
-        settings = index.manifest.get("matcher", {})
-        training = index.manifest.get("training") or {}
+        settings = index.manifest.matcher or {}
         matcher = cls(
-            model=index.manifest["model"]["name"],
+            model=index.manifest.model.name,
             threshold=settings.get("threshold", AUTO),
-            mode=settings.get("mode") or training.get("mode", "zero-shot"),
+            mode=settings.get("mode") or index.manifest.training_mode,
             embedding_dim=index.dim,
-            index_type=index.manifest["index"]["type"],
+            index_type=index.manifest.index.type,
             scorer=settings.get("scorer"),
         )
         matcher.index = index
@@ -311,3 +281,19 @@ def _on(scorer: Any, threshold: float | str | None) -> float | str | None:
     if threshold == AUTO and getattr(scorer, "calibration", None) is None:
         return SCORE_THRESHOLD
     return threshold
+
+
+def _examples(
+    training_data: Sequence[Mapping[str, str]] | str | Path | None,
+    texts: Sequence[str] | None,
+    labels: Sequence[str] | None,
+) -> Sequence[Mapping[str, str]] | str | Path | None:
+    """``training_data``, or upstream's other form (``texts`` and ``labels``, two lists of
+    the same length) as ``[{"text", "label"}]``; TrainingError when both are given."""
+    if texts is None and labels is None:
+        return training_data
+    if training_data is not None:
+        raise TrainingError("give training_data or texts and labels, not both")
+    if texts is None or labels is None or len(texts) != len(labels):
+        raise TrainingError("texts and labels must be two lists of the same length")
+    return [{"text": t, "label": y} for t, y in zip(texts, labels, strict=True)]

@@ -9,8 +9,7 @@ training side (:mod:`.train`, SetFit, scikit-learn).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,8 @@ import numpy as np
 from .artifact import MODEL_DIR
 from .errors import NemFaissError
 from .lexical import featurize
+from .query import Matchable, Search, check_selection
+from .search import best_per_entity
 
 SCORERS = ("hybrid", "index", "head")
 #: The hybrid scorer adds this weight times the head's probability to a labelled entity's
@@ -82,14 +83,14 @@ def head_path(index: Any) -> Path:
     """Where an opened artifact keeps its classifier head: inside the bundled model folder
     (the body was trained), else at the artifact's root (head-only training: the body is the
     registry model the manifest names)."""
-    bundled = index.manifest["model"].get("bundled")
+    bundled = index.manifest.model.bundled
     return index.path / MODEL_DIR / HEAD_FILE if bundled else index.path / HEAD_FILE
 
 
 def load_head(index: Any) -> ClassifierHead:
     """The classifier head of an opened artifact (a ``MatchIndex``), see :func:`head_path`."""
     path = head_path(index)
-    if "training" not in index.manifest or not path.is_file():
+    if index.manifest.training is None or not path.is_file():
         raise NemFaissError(
             f"{index.path} has no classifier head: train it with mode 'head-only' or 'full' "
             "(nem-faiss train), or use scorer='index'"
@@ -109,76 +110,60 @@ def scorer_for(index: Any, name: str | None = None) -> Any:
     opened artifact: the index itself ("index"), a :class:`HybridScorer` or a
     :class:`HeadScorer`. ``None`` takes the artifact's ``default_scorer`` ("index" for
     untrained artifacts and shard sets)."""
-    manifest = getattr(index, "manifest", None) or {}
-    default = (manifest.get("training") or {}).get("default_scorer", "index")
-    name = name or default
+    manifest = getattr(index, "manifest", None)  # a shard set has none
+    name = name or (manifest.default_scorer if manifest is not None else "index")
     if name not in SCORERS:
         raise NemFaissError(f"scorer {name!r} is not available; choose one of {SCORERS}")
     if name == "index":
         return index
-    if not manifest:
+    if manifest is None:
         raise NemFaissError(f"scorer {name!r} needs one trained artifact, not a shard set")
     head = load_head(index)
     return HybridScorer(index, head) if name == "hybrid" else HeadScorer(index, head)
 
 
-class HeadScorer:
+class HeadScorer(Matchable):
     """Match texts with the classifier head instead of the index (labelled entities only).
 
     Results have the index's shape; ``score`` is the head's softmax probability and
-    ``text`` the entity's name.
+    ``text`` the entity's name. ``nprobe`` is unused: the head scores every label; ``where``
+    and ``candidates`` keep the labels whose entity meets them.
     """
 
     def __init__(self, index: Any, head: ClassifierHead) -> None:
         _check_head(index, head)
-        self.index = index
+        self.front = self.index = index
         self.head = head
         self.names = [(index.get(label) or {"name": label})["name"] for label in head.labels]
 
-    def match(
-        self,
-        texts: str | Sequence[str],
-        top_k: int = 1,
-        threshold: float | None = None,
-        nprobe: int | None = None,
-        where: Mapping[str, Any] | None = None,
-        candidates: Iterable[str] | None = None,
-        metadata: bool = False,
-    ) -> Any:
-        """Same shapes as :meth:`MatchIndex.match`: dict/None, or lists of them. ``nprobe``
-        is accepted for a uniform call and unused: the head scores every label. ``where``
-        and ``candidates`` keep the labels whose entity meets them."""
-        from .filters import make_selection
-        from .match_index import add_metadata, as_query_list, check_selection, check_top_k
+    def get(self, entity_id: str) -> dict[str, Any] | None:
+        """The index's record of ``entity_id``, or None."""
+        return self.index.get(entity_id)
 
-        single = isinstance(texts, str)
-        queries = [texts] if single else as_query_list(texts)
-        selection = make_selection(where, candidates)
+    def encode_queries(self, texts: list[str], batch_size: int = 4096) -> np.ndarray:
+        """The model's vectors of normalized ``texts``, float32 (n, model dim): what the
+        head reads."""
+        return self.index.encoder.encode(texts, batch_size=batch_size)
+
+    def search_encoded(self, vectors: np.ndarray, search: Search) -> list[list[dict[str, Any]]]:
+        """The labels of highest probability for model vectors float32 (nq, model dim)."""
+        selection, threshold = search.selection, search.threshold
         allowed = np.ones(len(self.head.labels), dtype=bool)
         if selection is not None:
             check_selection(self.index, selection)
             allowed = self.index.selects_ids(selection, self.head.labels)
-        top_k = min(check_top_k(top_k), max(1, int(allowed.sum())))
-        norm = [self.index.normalize_query(text, i) for i, text in enumerate(queries)]
-        keep = [i for i, text in enumerate(norm) if text]
-        out: list[list[dict[str, Any]]] = [[] for _ in queries]
-        if keep:
-            probs = self.head.probabilities(self.index.encoder.encode([norm[i] for i in keep]))
-            probs[:, ~allowed] = -np.inf
-            order = np.argsort(-probs, axis=1, kind="stable")[:, :top_k]
-            for i, row, best in zip(keep, probs, order, strict=True):
-                out[i] = [
-                    {"id": self.head.labels[j], "score": float(row[j]), "text": self.names[j]}
-                    for j in best
-                    if allowed[j] and (threshold is None or row[j] >= threshold)
-                ]
-        if metadata:
-            add_metadata(out, self.index)
-        shaped = [(hits[0] if hits else None) if top_k == 1 else hits for hits in out]
-        return shaped[0] if single else shaped
+        top_k = min(search.top_k, max(1, int(allowed.sum())))
+        probs = self.head.probabilities(vectors)
+        probs[:, ~allowed] = -np.inf
+        order = np.argsort(-probs, axis=1, kind="stable")[:, :top_k]
+        return [
+            [{"id": self.head.labels[j], "score": float(row[j]), "text": self.names[j]}
+             for j in best if allowed[j] and (threshold is None or row[j] >= threshold)]
+            for row, best in zip(probs, order, strict=True)
+        ]  # fmt: skip
 
 
-class HybridScorer:
+class HybridScorer(Matchable):
     """The index's best entities and the labelled entities, scored with the classifier head.
 
     One encode and one index search per query, as with the index alone, plus one product
@@ -194,30 +179,14 @@ class HybridScorer:
 
     def __init__(self, index: Any, head: ClassifierHead, weight: float = HYBRID_WEIGHT) -> None:
         _check_head(index, head)
-        self.index, self.head, self.weight = index, head, weight
+        self.front = self.index = index
+        self.head, self.weight = head, weight
         self._label_set = frozenset(head.labels)
         self._labelled: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
-    def match(
-        self,
-        texts: str | Sequence[str],
-        top_k: int = 1,
-        threshold: float | None = None,
-        nprobe: int | None = None,
-        batch_size: int = 4096,
-        where: Mapping[str, Any] | None = None,
-        candidates: Iterable[str] | None = None,
-        metadata: bool = False,
-    ) -> Any:
-        """Same shapes as :meth:`MatchIndex.match`: dict/None, or lists of them; ``where``
-        and ``candidates`` filter the index search and the labelled entities alike."""
-        from .filters import make_selection
-
-        selection = make_selection(where, candidates)
-        records = self.index if metadata else None
-        return self.index._match(
-            texts, top_k, threshold, nprobe, batch_size, False, self._search, selection, records
-        )
+    def get(self, entity_id: str) -> dict[str, Any] | None:
+        """The index's record of ``entity_id``, or None."""
+        return self.index.get(entity_id)
 
     def labelled_rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(rows int64 (r,), head column of each int64 (r,), index vectors float32 (r, dim))
@@ -230,30 +199,21 @@ class HybridScorer:
             order = np.argsort(entities)
             row_entity = np.asarray(index.row_entity)
             rows = np.flatnonzero(np.isin(row_entity, entities[entities >= 0]))
-            if index._hidden is not None:
-                rows = rows[~index._hidden[row_entity[rows]]]
+            rows = rows[~index.hidden_mask()[row_entity[rows]]]
             columns = order[np.searchsorted(entities[order], row_entity[rows])]
             if index.vectors is not None:
                 vectors = np.asarray(index.vectors[rows], dtype=np.float32)
             else:
-                texts = [index._normalize(index.texts[int(row)], 0) for row in rows]
+                texts = [index.normalize_query(index.texts[int(row)]) for row in rows]
                 vectors = featurize(texts, index.encoder, index.lexical)
             self._labelled = rows, columns, vectors
         return self._labelled
 
-    def _search(
-        self,
-        vectors: np.ndarray,
-        top_k: int,
-        threshold: float | None,
-        nprobe: int | None,
-        selection: Any = None,
-    ) -> list[list[dict[str, Any]]]:
-        """Search float32 (nq, dim) index vectors, re-rank, keep ``top_k`` over ``threshold``;
-        ``selection`` (a :class:`~.filters.Selection`) filters both."""
-        from .search import best_per_entity
-
-        found = self.index._search(vectors, top_k, None, nprobe, selection)
+    def search_encoded(self, vectors: np.ndarray, search: Search) -> list[list[dict[str, Any]]]:
+        """Search float32 (nq, dim) index vectors, re-rank, keep the best ``top_k`` at
+        ``threshold`` or above; the selection filters both."""
+        top_k, threshold, selection = search.top_k, search.threshold, search.selection
+        found = self.index.search_encoded(vectors, replace(search, threshold=None))
         dense = vectors[:, : self.index.model_dim]
         if self.index.lexical is not None:  # undo the index's weighting of the dense part
             dense = dense / np.sqrt(1.0 - self.index.lexical.weight)
@@ -268,7 +228,7 @@ class HybridScorer:
         scores = np.clip(vectors @ label_vectors.T, -1.0, 1.0)
         scores += self.weight * probabilities[:, columns]
         order = np.argsort(-scores, axis=1, kind="stable")
-        labelled = self.index._hits(*best_per_entity(
+        labelled = self.index.hits(*best_per_entity(
             np.take_along_axis(scores, order, 1), rows[order], self.index.row_entity,
             min(top_k, len(self.head.labels)),
         ))  # fmt: skip

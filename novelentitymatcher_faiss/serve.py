@@ -156,66 +156,74 @@ def make_server(
     encoder is loaded first. ``port=0`` picks a free port (``server.server_address``).
     Call ``serve_forever()``, then ``shutdown()`` and ``server_close()``."""
     index.match("warm up")  # loads the encoder and pages in the index's hot parts
-    batcher = Batcher(index, max_batch, batch_wait_ms)
-    path = str(getattr(index, "path", "")) or repr(index)
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        # headers and body go out in two writes: without TCP_NODELAY, Nagle's algorithm
-        # and the client's delayed ACK held every keep-alive answer for about 40 ms
-        disable_nagle_algorithm = True
-
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib name
-            pass  # quiet: a service logs through its own proxy
-
-        def _send(self, status: int, payload: dict[str, Any]) -> None:
-            body = json.dumps(payload, ensure_ascii=False).encode("utf-8")
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json; charset=utf-8")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def do_GET(self) -> None:  # noqa: N802 - stdlib name
-            if self.path != "/healthz":
-                self._send(404, {"error": f"no endpoint GET {self.path}; try /healthz"})
-                return
-            self._send(200, {"status": "ok", "entities": len(index), "artifact": path,
-                             "requests": batcher.requests, "batches": batcher.batches})  # fmt: skip
-
-        def do_POST(self) -> None:  # noqa: N802 - stdlib name
-            if self.path != "/match":
-                self._send(404, {"error": f"no endpoint POST {self.path}; try /match"})
-                return
-            try:
-                length = int(self.headers.get("Content-Length") or 0)
-            except ValueError:
-                length = -1
-            if not 0 <= length <= MAX_BODY_BYTES:
-                self.close_connection = True
-                self._send(413, {"error": f"the body must have a Content-Length of at most "
-                                          f"{MAX_BODY_BYTES} bytes"})  # fmt: skip
-                return
-            try:
-                texts, options, single = parse_request(self.rfile.read(length))
-                found = batcher.match(texts, options)
-            except (NemFaissError, ValueError) as exc:
-                self._send(400, {"error": str(exc)})
-                return
-            self._send(200, {"match": found[0]} if single else {"matches": found})
-
-    server = _Server((host, port), Handler)
-    server.batcher = batcher
+    server = _Server((host, port), _Handler)
+    server.index = index
+    server.artifact = str(getattr(index, "path", "")) or repr(index)
+    server.batcher = Batcher(index, max_batch, batch_wait_ms)
     return server
 
 
 class _Server(ThreadingHTTPServer):
-    """The HTTP server; closing it also stops its :class:`Batcher`."""
+    """The HTTP server: the index it answers from, its name and the :class:`Batcher`;
+    closing it also stops the batcher."""
 
     daemon_threads = True
+    index: Any = None
+    artifact: str = ""
     batcher: Batcher | None = None
 
     def server_close(self) -> None:
         super().server_close()
         if self.batcher is not None:
             self.batcher.close()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """``GET /healthz`` and ``POST /match``, JSON in and out."""
+
+    protocol_version = "HTTP/1.1"
+    # headers and body go out in two writes: without TCP_NODELAY, Nagle's algorithm and the
+    # client's delayed ACK held every keep-alive answer for about 40 ms
+    disable_nagle_algorithm = True
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib name
+        pass  # quiet: a service logs through its own proxy
+
+    def _send(self, status: int, payload: dict[str, Any]) -> None:
+        body = json.dumps(payload, ensure_ascii=False).encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:  # noqa: N802 - stdlib name
+        if self.path != "/healthz":
+            self._send(404, {"error": f"no endpoint GET {self.path}; try /healthz"})
+            return
+        server, batcher = self.server, self.server.batcher
+        self._send(200, {"status": "ok", "entities": len(server.index),
+                         "artifact": server.artifact, "requests": batcher.requests,
+                         "batches": batcher.batches})  # fmt: skip
+
+    def do_POST(self) -> None:  # noqa: N802 - stdlib name
+        if self.path != "/match":
+            self._send(404, {"error": f"no endpoint POST {self.path}; try /match"})
+            return
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if not 0 <= length <= MAX_BODY_BYTES:
+            self.close_connection = True
+            self._send(413, {"error": f"the body must have a Content-Length of at most "
+                                      f"{MAX_BODY_BYTES} bytes"})  # fmt: skip
+            return
+        try:
+            texts, options, single = parse_request(self.rfile.read(length))
+            found = self.server.batcher.match(texts, options)
+        except (NemFaissError, ValueError) as exc:
+            self._send(400, {"error": str(exc)})
+            return
+        self._send(200, {"match": found[0]} if single else {"matches": found})

@@ -9,31 +9,17 @@ across shards; if one appears in several, its best hit is kept.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .calibration import Calibration
-from .errors import ArtifactCorruptError, ArtifactIncompatibleError, QueryError
-from .filters import Selection, make_selection
-from .match_index import (
-    MatchIndex,
-    Result,
-    check_compatible,
-    check_selection,
-    check_top_k,
-    load_index,
-    merge_hits,
-)
-
-#: A shard set folder (written by a distributed build) lists its shards in this file.
-SET_FILE = "shards.json"
-SET_FORMAT = "nem-faiss-shards"
-SET_FORMAT_VERSION = 1
-
+from .errors import QueryError
+from .manifest import SET_FILE, ShardSet
+from .match_index import MatchIndex, check_compatible, load_index
+from .query import Matchable, Result, Search, check_selection, merge_hits
 
 
 def load_shards(
@@ -50,29 +36,17 @@ def load_shards(
 
 def _set_members(folder: Path) -> list[Path]:
     """The shard folders listed by ``folder/shards.json``, checked."""
-    listing = folder / SET_FILE
-    if not listing.is_file():
+    if not (folder / SET_FILE).is_file():
         raise QueryError(
             f"{folder}: not a shard set (no {SET_FILE}); pass a list of artifact folders"
         )
-    try:
-        info = json.loads(listing.read_text(encoding="utf-8"))
-        kind, version, names = info["format"], info["format_version"], info["shards"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ArtifactCorruptError(f"{listing}: unreadable shard list ({exc!r})") from None
-    if kind != SET_FORMAT or not isinstance(version, int) or version > SET_FORMAT_VERSION:
-        raise ArtifactIncompatibleError(
-            f"{listing}: format {kind!r} version {version!r}; this library reads "
-            f"{SET_FORMAT!r} up to version {SET_FORMAT_VERSION}"
-        )
-    bad = [n for n in names if not isinstance(n, str) or Path(n).name != n or n in ("", ".", "..")]
-    if bad or not names:
-        raise ArtifactCorruptError(f"{listing}: shard names must be plain folder names: {bad}")
-    return [folder / name for name in names]
+    return [folder / name for name in ShardSet.read(folder).shards]
 
 
-class ShardedIndex:
-    """Opened artifacts searched together; ``match`` has :meth:`MatchIndex.match`'s shape."""
+class ShardedIndex(Matchable):
+    """Opened artifacts searched together; :meth:`~.query.Matchable.match` answers as a
+    single artifact does (``where`` and ``candidates`` filter every shard; confidence is
+    the first shard's :attr:`calibration`)."""
 
     def __init__(self, shards: list[MatchIndex]) -> None:
         first = shards[0]
@@ -96,26 +70,10 @@ class ShardedIndex:
                 return found
         return None
 
-    def match(
-        self,
-        texts: str | Sequence[str],
-        top_k: int = 1,
-        threshold: float | str | None = None,
-        nprobe: int | None = None,
-        batch_size: int = 4096,
-        explain: bool = False,
-        where: Mapping[str, Any] | None = None,
-        candidates: Iterable[str] | None = None,
-        metadata: bool = False,
-    ) -> Result | list[Result] | None | list[Result | None] | list[list[Result]]:
-        """As :meth:`MatchIndex.match`, over every shard (``nprobe`` applies to each;
-        ``where`` and ``candidates`` filter every shard; confidence is the first shard's
-        :attr:`calibration`)."""
-        selection = make_selection(where, candidates)
-        records = self if metadata else None
-        first = self.shards[0]
-        return first._match(texts, top_k, threshold, nprobe, batch_size, explain, self._search,
-                            selection, records, self.calibration)  # fmt: skip
+    @property
+    def front(self) -> MatchIndex:
+        """The shard that normalizes and encodes queries (they all do it alike): the first."""
+        return self.shards[0]
 
     @property
     def calibration(self) -> Calibration | None:
@@ -126,31 +84,13 @@ class ShardedIndex:
         """The metadata columns of every shard, sorted."""
         return sorted({name for shard in self.shards for name in shard.column_names()})
 
-    def search_vectors(
-        self,
-        queries: np.ndarray,
-        top_k: int = 1,
-        threshold: float | None = None,
-        nprobe: int | None = None,
-    ) -> list[list[Result]]:
-        """As :meth:`MatchIndex.search_vectors`, over every shard."""
-        per_shard = [shard.search_vectors(queries, top_k, threshold, nprobe)
-                     for shard in self.shards]  # fmt: skip
-        return merge_hits(per_shard, check_top_k(top_k))
-
-    def _search(
-        self,
-        vectors: np.ndarray,
-        top_k: int,
-        threshold: float | None,
-        nprobe: int | None,
-        selection: Selection | None = None,
-    ) -> list[list[Result]]:
-        if selection is not None:
-            check_selection(self, selection)  # once for the set: ids live in one shard
-        per_shard = [shard._search_parts(vectors, top_k, threshold, nprobe, selection)
-                     for shard in self.shards]  # fmt: skip
-        return merge_hits(per_shard, top_k)
+    def search_encoded(self, vectors: np.ndarray, search: Search) -> list[list[Result]]:
+        """:meth:`Matchable.search_encoded` over every shard (``nprobe`` applies to each),
+        merged."""
+        if search.selection is not None:
+            check_selection(self, search.selection)  # once for the set: ids live in one shard
+        per_shard = [shard.search_parts(vectors, search) for shard in self.shards]
+        return merge_hits(per_shard, search.top_k)
 
     def __repr__(self) -> str:
         return f"ShardedIndex({len(self.shards)} shards, entities={len(self)})"

@@ -28,18 +28,22 @@ import time
 import warnings
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .build import BuildConfig, build, normalizer_settings, resolve_lexical
 from .catalog import MAX_TEXT_CHARS, read_catalog
 from .encoders import Encoder, fingerprint_dir, load_encoder
 from .errors import ArtifactExistsError, TrainingError
+from .indexing import IndexConfig
 from .normalize import NormalizerSettings, normalize_text
 from .registry import get_spec
 from .scorers import HEAD_FILE, ClassifierHead
 from .sources import SOURCE_DIR, resolve_model
+from .tuning import TuningConfig
 
 MODES = ("zero-shot", "head-only", "full")
 #: Where no mode is given, a label needs this many examples for ``full`` training.
@@ -385,6 +389,52 @@ def _copy_source(base: Path, folder: Path) -> None:
         shutil.copytree(base / SOURCE_DIR, folder / SOURCE_DIR, dirs_exist_ok=True)
 
 
+@dataclass(frozen=True)
+class TrainConfig:
+    """How :func:`train` trains.
+
+    ``mode``: "zero-shot" (no training), "head-only" (body frozen, head fitted), "full"
+    (SetFit body fine-tuning, then the head); None picks one (:func:`choose_mode`).
+    ``model``: the model asked for (a static one trains ``TRAINING_MODEL`` instead).
+    ``num_epochs``, ``batch_size``, ``max_steps``, ``learning_rate`` and
+    ``sampling_strategy`` drive SetFit's pair training, on the examples plus up to
+    ``anchors`` catalog texts (:func:`catalog_anchors`); ``seed`` seeds it all.
+    ``head_c``: the head's inverse L2 strength. ``distill=True`` (or a dict of
+    ``model2vec.distill.distill`` options) turns the result into a static model2vec model.
+    ``example_aliases``: every training text also enters the index as an alias of its
+    entity (:func:`with_examples`), so what the examples say is found by the search itself.
+    ``bundle_model``: copy the model into the artifact. None bundles a body that training
+    changed (``full``, or ``distill``); a ``head-only`` artifact then keeps only its head
+    (``HEAD_FILE``, kilobytes) and names the untouched registry model by name and
+    fingerprint, as a zero-shot build does. ``callbacks``: SetFit trainer callbacks.
+    """
+
+    mode: str | None = None
+    model: str = TRAINING_MODEL
+    num_epochs: int = 1
+    batch_size: int = 16
+    max_steps: int | None = None
+    learning_rate: float = 2e-5
+    sampling_strategy: str = "undersampling"
+    seed: int = 0
+    head_c: float = 100.0
+    anchors: int = ANCHORS
+    distill: bool | Mapping[str, Any] = False
+    example_aliases: bool = True
+    bundle_model: bool | None = None
+    callbacks: Sequence[Any] = ()
+
+    def __post_init__(self) -> None:
+        if self.mode is not None and self.mode not in MODES:
+            raise TrainingError(f"mode {self.mode!r} is not available; choose one of {MODES}")
+        if self.sampling_strategy not in SAMPLING_STRATEGIES:
+            raise TrainingError(f"sampling_strategy must be one of {SAMPLING_STRATEGIES}")
+        for name in ("num_epochs", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise TrainingError(f"{name} must be a positive int, got {value!r}")
+
+
 def train_index(
     entities: Iterable[Mapping[str, Any]] | str | Path,
     training_data: Iterable[Mapping[str, Any]] | str | Path | None,
@@ -404,47 +454,47 @@ def train_index(
     embedding_dim: int | None = None,
     normalize: bool | NormalizerSettings = True,
     lexical: Any = True,
+    index_type: str = "auto",
     show_progress: bool = True,
     overwrite: bool = False,
     callbacks: Sequence[Any] = (),
     example_aliases: bool = True,
     bundle_model: bool | None = None,
-    **build_kwargs: Any,
+    build_config: BuildConfig | None = None,
 ):  # noqa: ANN201 - returns MatchIndex, like build_index
     """Train on ``training_data`` and write a self-contained artifact to ``path``.
 
     ``training_data``: ``[{"text", "label": entity_id}]`` or a .csv/.jsonl file of them.
-    ``mode``: "zero-shot" (no training), "head-only" (body frozen, head fitted), "full"
-    (SetFit body fine-tuning, then the head); None picks one (:func:`choose_mode`).
-    ``num_epochs``, ``batch_size``, ``max_steps``, ``learning_rate`` and
-    ``sampling_strategy`` drive SetFit's pair training, on the examples plus up to
-    ``anchors`` catalog texts (:func:`catalog_anchors`). ``distill=True`` (or a dict of
-    ``model2vec.distill.distill`` options) turns the result into a static model2vec model.
-    ``lexical`` adds the character n-gram channel, as :func:`build.build_index` does.
-    ``example_aliases``: every training text also enters the index as an alias of its
-    entity (:func:`with_examples`), so what the examples say is found by the search itself.
-    ``bundle_model``: copy the model into the artifact. None (the default) bundles a body
-    that training changed (``full``, or ``distill``); a ``head-only`` artifact then keeps
-    only its head (``HEAD_FILE``, kilobytes) and names the untouched registry model by name
-    and fingerprint, as a zero-shot build does. Other keyword arguments go to
-    :func:`build.build_index`. Returns the opened index.
+    The training keywords fill a :class:`TrainConfig` (its docs say what each does); the
+    others (``embedding_dim``, ``normalize``, ``lexical``, ``index_type``,
+    ``show_progress``, ``overwrite``) a :class:`~.build.BuildConfig` as
+    :func:`~.build.build_index` does, unless ``build_config`` gives one. Returns the opened
+    index.
     """
-    from .build import build_index
+    config = TrainConfig(
+        mode, model, num_epochs, batch_size, max_steps, learning_rate, sampling_strategy,
+        seed, head_c, anchors, distill, example_aliases, bundle_model, tuple(callbacks),
+    )  # fmt: skip
+    build_config = build_config or BuildConfig(
+        embedding_dim=embedding_dim, normalizer=normalizer_settings(normalize),
+        lexical=resolve_lexical(lexical), index=IndexConfig(index_type),
+        tuning=TuningConfig(seed=seed), show_progress=show_progress, overwrite=overwrite,
+    )  # fmt: skip
+    return train(entities, training_data, path, config, build_config)
 
+
+def train(
+    entities: Iterable[Mapping[str, Any]] | str | Path,
+    training_data: Iterable[Mapping[str, Any]] | str | Path | None,
+    path: str | Path,
+    config: TrainConfig,
+    build_config: BuildConfig,
+):  # noqa: ANN201 - returns MatchIndex
+    """Check the examples, train as ``config`` says (:func:`train_index`) and build the
+    artifact as ``build_config`` says, with the trained model; opened."""
     started = time.perf_counter()
-    if mode is not None and mode not in MODES:
-        raise TrainingError(f"mode {mode!r} is not available; choose one of {MODES}")
-    if sampling_strategy not in SAMPLING_STRATEGIES:
-        raise TrainingError(f"sampling_strategy must be one of {SAMPLING_STRATEGIES}")
-    for name, value in (("num_epochs", num_epochs), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise TrainingError(f"{name} must be a positive int, got {value!r}")
-    settings = (
-        normalize
-        if isinstance(normalize, NormalizerSettings)
-        else NormalizerSettings(bool(normalize))
-    )
-    if Path(path).exists() and not overwrite:  # fail before minutes of training, not after
+    settings = build_config.normalizer
+    if Path(path).exists() and not build_config.overwrite:  # fail before minutes, not after
         raise ArtifactExistsError(f"{path}: already exists; pass overwrite=True to replace it")
     if not isinstance(entities, str | os.PathLike | Sequence):
         entities = list(entities)  # read twice: ids now, texts when building
@@ -453,23 +503,41 @@ def train_index(
         if training_data is not None
         else []
     )
-    mode = mode or choose_mode(examples)
-    if bundle_model is False and (mode == "full" or distill):
+    mode = config.mode or choose_mode(examples)
+    _check_mode(mode, examples, config)
+    if mode == "zero-shot":
+        return build(entities, path, replace(build_config, model=config.model))
+    base = load_encoder(training_model(config.model), show_progress=build_config.show_progress)
+    record = _training_record(mode, config, base, examples)
+    bundle = bool(mode == "full" or config.distill) if config.bundle_model is None else (
+        config.bundle_model
+    )
+    with tempfile.TemporaryDirectory(prefix="nem-faiss-train-") as tmp:
+        work = Path(tmp)
+        folder, suffix = _trained_body(base, mode, entities, examples, work, config, record,
+                                       bundle, build_config)  # fmt: skip
+        del base  # the body is on disk: free it before the head's model loads
+        encoder, head_file = _fit_head(folder, suffix, examples, config, record, bundle, work,
+                                       build_config.embedding_dim)  # fmt: skip
+        catalog: Any = entities
+        if config.example_aliases:
+            catalog, record["example_aliases"] = with_examples(entities, examples, settings)
+        record.update(default_scorer="hybrid", versions=_versions(),
+                      train_seconds=round(time.perf_counter() - started, 3))  # fmt: skip
+        final = replace(build_config, bundle_model=bundle, extra_manifest={"training": record},
+                        extra_files={} if bundle else {HEAD_FILE: head_file})  # fmt: skip
+        return build(catalog, path, final, encoder=encoder)
+
+
+def _check_mode(mode: str, examples: list[dict[str, str]], config: TrainConfig) -> None:
+    """TrainingError unless ``mode`` can run on ``examples`` with ``config``."""
+    if config.bundle_model is False and (mode == "full" or config.distill):
         raise TrainingError("a fine-tuned or distilled model exists only in the artifact: "
                             "bundle_model=False applies to mode 'head-only' alone")  # fmt: skip
-    common = {
-        "embedding_dim": embedding_dim,
-        "normalize": settings,
-        "lexical": lexical,
-        "show_progress": show_progress,
-        "overwrite": overwrite,
-        "seed": seed,
-        **build_kwargs,
-    }
     if mode == "zero-shot":
         if examples:
             raise TrainingError("mode 'zero-shot' takes no training data; use head-only or full")
-        return build_index(entities, path, model=model, **common)
+        return
     if not examples:
         raise TrainingError(f"mode {mode!r} needs training data: [{{'text', 'label'}}, ...]")
     if len(labels_of(examples)) < 2:
@@ -478,103 +546,101 @@ def train_index(
             "data, fit() builds a zero-shot index"
         )
 
-    base_name = training_model(model)
-    base = load_encoder(base_name, show_progress=show_progress)
-    record: dict[str, Any] = {
+
+def _training_record(
+    mode: str, config: TrainConfig, base: Encoder, examples: list[dict[str, str]]
+) -> dict[str, Any]:
+    """The manifest's ``training`` section as known before training."""
+    return {
         "mode": mode,
-        "requested_model": model,
-        "base_model": {
-            "name": base.model_name,
-            "id": base.spec.model_id,
-            "fingerprint": base.fingerprint,
-        },
+        "requested_model": config.model,
+        "base_model": {"name": base.model_name, "id": base.spec.model_id,
+                       "fingerprint": base.fingerprint},  # fmt: skip
         "training_data_sha256": training_data_sha256(examples),
         "examples": len(examples),
         "labels": len(labels_of(examples)),
-        "num_epochs": num_epochs if mode == "full" else None,
-        "seed": seed,
+        "num_epochs": config.num_epochs if mode == "full" else None,
+        "seed": config.seed,
     }
-    with tempfile.TemporaryDirectory(prefix="nem-faiss-train-") as tmp:
-        work = Path(tmp)
-        folder = work / "model"
-        if mode == "full":
-            extra = catalog_anchors(entities, labels_of(examples), settings, anchors, seed)
-            with _seeded(seed):
-                steps = fine_tune_body(
-                    base.model,
-                    examples + extra,
-                    work,
-                    num_epochs=num_epochs,
-                    batch_size=batch_size,
-                    max_steps=max_steps,
-                    learning_rate=learning_rate,
-                    sampling_strategy=sampling_strategy,
-                    seed=seed,
-                    show_progress=show_progress,
-                    callbacks=callbacks,
-                )
-            base.model.save_pretrained(str(folder), create_model_card=False)
-            _copy_source(base.path, folder)
-            record.update(
-                batch_size=batch_size,
-                max_steps=max_steps,
-                steps=steps,
-                learning_rate=learning_rate,
-                sampling_strategy=sampling_strategy,
-                loss="CosineSimilarityLoss",
-                anchors=len(extra),
-            )
-        bundle = bool(mode == "full" or distill) if bundle_model is None else bundle_model
-        if mode != "full" and bundle:  # head-only, bundled: the body's files, untouched
-            shutil.copytree(base.path, folder)
-        del base
-        suffix = "setfit" if mode == "full" else "head"
-        if distill:
-            options = dict(distill) if isinstance(distill, Mapping) else {}
-            if "vocabulary" not in options:
-                options["vocabulary"] = distill_vocabulary(entities, examples, settings)
-            with _seeded(seed):
-                distill_static(folder, work / "static", options, record["base_model"]["id"])
-            _copy_source(folder, work / "static")
-            folder = work / "static"
-            suffix += "-static"
-            record["distilled"] = {
-                "tool": "model2vec.distill",
-                "pca_dims": options.get("pca_dims", DEFAULT_DISTILL_DIMS),
-                "added_words": len(options["vocabulary"] or ()),
-                **_jsonable({k: v for k, v in options.items() if k != "vocabulary"}),
-            }
-        source = str(folder) if bundle else base_name  # unbundled: the registry model
-        encoder = load_encoder(source, embedding_dim=embedding_dim, show_progress=False)
-        head = fit_head(
-            encoder.encode([example["text"] for example in examples]),
-            [example["label"] for example in examples],
-            head_c,
-        )
-        head_file = head.save(folder if bundle else work)
-        if bundle:
-            encoder = _renamed(
-                encoder,
-                folder,
-                f"{record['base_model']['name']}-{suffix}",
-                base_id=f"{record['base_model']['id']} ({suffix})",
-            )
-        record["head"] = {"type": "logistic-regression", "c": head_c, "labels": len(head.labels)}
-        catalog: Any = entities
-        if example_aliases:
-            catalog, record["example_aliases"] = with_examples(entities, examples, settings)
-        record["default_scorer"] = "hybrid"
-        record["versions"] = _versions()
-        record["train_seconds"] = round(time.perf_counter() - started, 3)
-        return build_index(
-            catalog,
-            path,
-            encoder=encoder,
-            bundle_model=bundle,
-            extra_manifest={"training": record},
-            extra_files=None if bundle else {HEAD_FILE: head_file},
-            **common,
-        )
+
+
+def _trained_body(
+    base: Encoder,
+    mode: str,
+    entities: Any,
+    examples: list[dict[str, str]],
+    work: Path,
+    config: TrainConfig,
+    record: dict[str, Any],
+    bundle: bool,
+    build_config: BuildConfig,
+) -> tuple[Path, str]:
+    """The model folder the head is fitted on, in ``work``: ``base`` fine-tuned (``full``)
+    or copied (bundled ``head-only``), then distilled when asked; and the suffix its name
+    gets. ``record`` gets what was done. An unbundled ``head-only`` body stays the
+    registry's (the folder stays empty)."""
+    folder, settings = work / "model", build_config.normalizer
+    if mode == "full":
+        extra = catalog_anchors(entities, labels_of(examples), settings, config.anchors,
+                                config.seed)  # fmt: skip
+        with _seeded(config.seed):
+            steps = fine_tune_body(
+                base.model, examples + extra, work, num_epochs=config.num_epochs,
+                batch_size=config.batch_size, max_steps=config.max_steps,
+                learning_rate=config.learning_rate, sampling_strategy=config.sampling_strategy,
+                seed=config.seed, show_progress=build_config.show_progress,
+                callbacks=config.callbacks,
+            )  # fmt: skip
+        base.model.save_pretrained(str(folder), create_model_card=False)
+        _copy_source(base.path, folder)
+        record.update(batch_size=config.batch_size, max_steps=config.max_steps, steps=steps,
+                      learning_rate=config.learning_rate,
+                      sampling_strategy=config.sampling_strategy, loss="CosineSimilarityLoss",
+                      anchors=len(extra))  # fmt: skip
+    elif bundle:  # head-only, bundled: the body's files, untouched
+        shutil.copytree(base.path, folder)
+    suffix = "setfit" if mode == "full" else "head"
+    if not config.distill:
+        return folder, suffix
+    options = dict(config.distill) if isinstance(config.distill, Mapping) else {}
+    if "vocabulary" not in options:
+        options["vocabulary"] = distill_vocabulary(entities, examples, settings)
+    with _seeded(config.seed):
+        distill_static(folder, work / "static", options, record["base_model"]["id"])
+    _copy_source(folder, work / "static")
+    record["distilled"] = {
+        "tool": "model2vec.distill",
+        "pca_dims": options.get("pca_dims", DEFAULT_DISTILL_DIMS),
+        "added_words": len(options["vocabulary"] or ()),
+        **_jsonable({k: v for k, v in options.items() if k != "vocabulary"}),
+    }
+    return work / "static", suffix + "-static"
+
+
+def _fit_head(
+    folder: Path,
+    suffix: str,
+    examples: list[dict[str, str]],
+    config: TrainConfig,
+    record: dict[str, Any],
+    bundle: bool,
+    work: Path,
+    embedding_dim: int | None,
+) -> tuple[Encoder, Path]:
+    """Fit the head on the examples' vectors of the final model and save it (in the
+    bundled ``folder``, else in ``work``); returns (the encoder the artifact is built
+    with, named after the base model and ``suffix``; the head file)."""
+    base_name = record["base_model"]["name"]
+    source = str(folder) if bundle else training_model(config.model)  # unbundled: the registry's
+    encoder = load_encoder(source, embedding_dim=embedding_dim, show_progress=False)
+    head = fit_head(encoder.encode([example["text"] for example in examples]),
+                    [example["label"] for example in examples], config.head_c)  # fmt: skip
+    head_file = head.save(folder if bundle else work)
+    if bundle:
+        encoder = _renamed(encoder, folder, f"{base_name}-{suffix}",
+                           base_id=f"{record['base_model']['id']} ({suffix})")  # fmt: skip
+    record["head"] = {"type": "logistic-regression", "c": config.head_c, "labels": len(head.labels)}
+    return encoder, head_file
 
 
 def with_examples(

@@ -7,16 +7,25 @@ Queries are float32 (q, d); recall figures are FAISS's (see :func:`tune_breadth`
 
 from __future__ import annotations
 
+import random
 import sys
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import combinations
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from .arrays import release_pages
+from .artifact import STAGE_GRAPH_FILE
+from .catalog import MAX_TEXT_CHARS
+from .encoders import Encoder
+from .indexing import IndexPlan, centroid_graph
+from .lexical import LexicalSettings, featurize
+from .normalize import NormalizerSettings, normalize_text
+from .perturb import one_letter_typo
 from .search import (
     EarlyStop,
     ExactTopK,
@@ -27,10 +36,27 @@ from .search import (
     search,
     search_lists,
 )
+from .strings import StringTable
+from .timing import StageClock
 
 #: efSearch values tried for an HNSW index, smallest first (see :func:`tune_breadth`).
 EF_SEARCH_GRID = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
 
+#: From this many lists on, the early-stop stages (:func:`tune_early_stop`) find their lists
+#: with an HNSW graph over the centroids, stored beside the index (``STAGE_GRAPH_FILE``);
+#: the last, full-nprobe search keeps the exact flat quantizer. Measured on 4,558 centroids
+#: of 512-d, one query asking for 49 lists: 0.25 ms against 0.66 ms flat, the graph's top 6,
+#: 24 and 48 lists 99.7%, 99.1% and 98.1% the flat quantizer's (docs/benchmarks.md).
+STAGE_GRAPH_MIN_NLIST = 2048
+#: The stage graph's efSearch (at least the lists a search asks for) and efConstruction.
+STAGE_GRAPH_EF = 64
+STAGE_GRAPH_EF_CONSTRUCTION = 200
+#: Typo'd catalog texts that tune nprobe and early stop. Early-stop margins are set at the
+#: edge of a recall budget, so more queries set them more safely: on the 100k benchmark
+#: artifact (nprobe 256), plans tuned on 1,000 kept 0.980 top-1 against exact search on
+#: 1,000 new typo'd names and aliases, on 3,000 0.984 (the full nprobe: 0.991; a one-off
+#: check). The 1M build takes 402 s instead of 220 s.
+TUNING_QUERIES = 3000
 #: nprobe tuning also requires this top-1 agreement with exact search.
 TOP1_TARGET = 0.99
 
@@ -103,53 +129,37 @@ def tune_breadth(
     recall@10 >= ``targets[0]`` and recall@1 >= ``targets[1]`` for ``exact``'s queries,
     against its exact top-k (already fed every row of ``vectors``).
 
-    recall@10 is FAISS's R@10 (the exact top hit is among the 10 returned) and recall@1 the
-    share of exact top hits; both tie-aware. The table also keeps 10-recall@10 (the share of
-    the exact top 10 returned) for information. With ``fixed`` only that value is measured.
+    recall@10 is FAISS's R@10 (the exact top hit is among the 10 returned), recall@1 the
+    share of exact top hits (:func:`measure_breadth`). With ``fixed`` only that is measured.
 
     IVF indexes start at the breadth :func:`probe_ranks` predicts (the share of queries whose
-    exact top hit lies in their b nearest lists) and walk the grid from there: down while
-    the next smaller breadth still passes (and its prediction is within
-    ``PREDICTION_MARGIN`` of the targets), else up to the first that passes. Recall grows
-    with the breadth, so this finds what a scan from the smallest would, in one to three
-    searches instead of one per grid step (100k names: 14). HNSW indexes scan from the
-    smallest.
+    exact top hit lies in their b nearest lists) and walk the grid: down while the next
+    smaller breadth passes (its prediction within ``PREDICTION_MARGIN`` of the targets),
+    else up to the first that passes. Recall grows with the breadth, so this finds what a
+    scan from the smallest would, in one to three searches instead of one per grid step
+    (100k names: 14). HNSW indexes scan from the smallest.
     """
     import faiss
 
     knob = "ef_search" if isinstance(index, faiss.IndexHNSW) else "nprobe"
     target, top1 = targets
-    queries, k = exact.queries, exact.k
-    truth, _ = exact.result()
-    options = {"vectors": vectors, "rerank": rerank, "spill": spill}
     candidates = [fixed] if fixed else grid
     measured: dict[int, tuple[dict[str, float], np.ndarray, bool]] = {}
 
     def passes(i: int) -> bool:
-        breadth = candidates[i]
-        _, found = search(index, queries, k, nprobe=breadth, **options)
-        at_10 = recall_at_k(queries, found, truth[:, :1], vectors)
-        first = found[:, :1]  # without re-rank, the top-10 search's first column is top-1
-        if rerank > 1:  # re-ranking fetches a different candidate count for k=1
-            _, first = search(index, queries, 1, nprobe=breadth, **options)
-        at_1 = recall_at_k(queries, first, truth[:, :1], vectors)
-        at_10_of_10 = recall_at_k(queries, found, truth, vectors)
-        row = {knob: breadth, "recall_at_1": round(at_1, 4), "recall_at_10": round(at_10, 4),
-               "recall_10_at_10": round(at_10_of_10, 4)}  # fmt: skip
+        row, first, (at_10, at_1) = measure_breadth(index, vectors, exact, knob, candidates[i],
+                                                    rerank, spill)  # fmt: skip
         ok = at_10 >= target and at_1 >= top1
-        measured[breadth] = row, np.array(first, dtype=np.int64), ok
-        release_pages(vectors)  # re-ranked rows were read through the memory map
+        measured[candidates[i]] = row, first, ok
         if show_progress:
-            tqdm.write(
-                f"{knob} {breadth}: recall@10 {at_10:.3f}, recall@1 {at_1:.3f}", file=sys.stderr
-            )
+            tqdm.write(f"{knob} {candidates[i]}: recall@10 {at_10:.3f}, recall@1 {at_1:.3f}",
+                       file=sys.stderr)  # fmt: skip
         return ok
 
-    i, share = 0, [1.0] * len(candidates)
-    if knob == "nprobe" and len(candidates) > 1:
-        ranks = probe_ranks(index, queries, exact.result()[1][:, 0])
-        share = [float(np.mean(ranks < b)) for b in candidates]
-        i = next((j for j, s in enumerate(share) if s >= max(target, top1)), len(share) - 1)
+    share = _predicted_shares(index, exact, candidates) if knob == "nprobe" else None
+    share = share or [1.0] * len(candidates)
+    i = 0 if knob != "nprobe" else next(
+        (j for j, s in enumerate(share) if s >= max(target, top1)), len(share) - 1)
     if passes(i):
         # a smaller breadth whose predicted share misses by more than the margin fails
         # when searched too (codes only lose exact hits; ties gain a few): not searched
@@ -161,18 +171,61 @@ def tune_breadth(
         i = min(i + 1, len(candidates) - 1)
     chosen = candidates[i]
     if not fixed and not measured[chosen][2]:
-        advice = (
-            "the graph misses neighbours (duplicate texts can cut it apart): use a larger M or flat"
-            if knob == "ef_search"
-            else "the codes are too coarse: use rerank, a finer index type, or flat"
-        )
-        warnings.warn(
-            f"no {knob} up to {chosen} reached recall@10 {target} and recall@1 {top1} "
-            f"(best {measured[chosen][0]}); {advice}",
-            stacklevel=3,
-        )
+        _warn_unreached(knob, chosen, targets, measured[chosen][0])
     table = [measured[b][0] for b in sorted(measured) if b <= chosen]
     return Breadth(chosen, table, measured[chosen][1])
+
+
+def _predicted_shares(index, exact: ExactTopK, candidates: list[int]) -> list[float] | None:  # noqa: ANN001
+    """Per IVF breadth of ``candidates``, the share of ``exact``'s queries whose exact top
+    hit lies in that many nearest lists (:func:`probe_ranks`); None for a single one."""
+    if len(candidates) < 2:
+        return None
+    ranks = probe_ranks(index, exact.queries, exact.result()[1][:, 0])
+    return [float(np.mean(ranks < b)) for b in candidates]
+
+
+def measure_breadth(  # noqa: ANN001 - a faiss.Index
+    index,
+    vectors: np.ndarray,
+    exact: ExactTopK,
+    knob: str,
+    breadth: int,
+    rerank: int,
+    spill: int,
+) -> tuple[dict[str, float], np.ndarray, tuple[float, float]]:
+    """Search ``exact``'s queries at ``breadth``: the table row (``knob``: "nprobe" or
+    "ef_search"; recall@1, FAISS's R@10 and 10-recall@10, tie-aware, rounded), the top-1
+    rows found, int64 (q, 1), and (R@10, recall@1) unrounded."""
+    queries, k = exact.queries, exact.k
+    truth, _ = exact.result()
+    options = {"vectors": vectors, "rerank": rerank, "spill": spill}
+    _, found = search(index, queries, k, nprobe=breadth, **options)
+    at_10 = recall_at_k(queries, found, truth[:, :1], vectors)
+    first = found[:, :1]  # without re-rank, the top-10 search's first column is top-1
+    if rerank > 1:  # re-ranking fetches a different candidate count for k=1
+        _, first = search(index, queries, 1, nprobe=breadth, **options)
+    at_1 = recall_at_k(queries, first, truth[:, :1], vectors)
+    at_10_of_10 = recall_at_k(queries, found, truth, vectors)
+    release_pages(vectors)  # re-ranked rows were read through the memory map
+    row = {knob: breadth, "recall_at_1": round(at_1, 4), "recall_at_10": round(at_10, 4),
+           "recall_10_at_10": round(at_10_of_10, 4)}  # fmt: skip
+    return row, np.array(first, dtype=np.int64), (at_10, at_1)
+
+
+def _warn_unreached(
+    knob: str, chosen: int, targets: tuple[float, float], best: dict[str, float]
+) -> None:
+    advice = (
+        "the graph misses neighbours (duplicate texts can cut it apart): use a larger M or flat"
+        if knob == "ef_search"
+        else "the codes are too coarse: use rerank, a finer index type, or flat"
+    )
+    warnings.warn(
+        f"no {knob} up to {chosen} reached recall@10 {targets[0]} and recall@1 {targets[1]} "
+        f"(best {best}); {advice}",
+        stacklevel=4,
+    )
 
 
 def probe_ranks(index, queries: np.ndarray, rows: np.ndarray) -> np.ndarray:  # noqa: ANN001
@@ -264,6 +317,39 @@ def tune_early_stop(
     full = hits_at_k(queries, top1, truth, vectors)
     ivf = faiss.extract_index_ivf(index)
     quantizer = ivf.quantizer if stage_quantizer is None else stage_quantizer
+    margins, hits = stage_margins(ivf, quantizer, exact, vectors, firsts, rerank, spill)
+    call_lists = EARLY_STOP_STAGE_VECTORS * ivf.nlist / max(1, ivf.ntotal)
+    plans = [
+        plan_early_stop(stages, margins, hits, full, nprobe, target_top1, call_lists, share)
+        for size in range(1, EARLY_STOP_MAX_STAGES + 1)
+        for stages in combinations(firsts, size)
+        for share in sorted({1 / size, *(s for s in EARLY_STOP_FIRST_SHARES if size > 1)})
+    ]
+    table = [plan for plan in plans if not plan["then"]]
+    for size in range(2, EARLY_STOP_MAX_STAGES + 1):
+        longer = [p for p in plans if len(p["then"]) == size - 1 and p["usable"]]
+        table += [min(longer, key=plan_rank)] if longer else []
+    usable = [plan for plan in table if plan["usable"]]
+    best = min(usable, key=plan_rank) if usable else None
+    if best is None or best["lists_per_query"] > EARLY_STOP_MAX_COST * nprobe:
+        return None, table
+    return EarlyStop.from_dict(best), table
+
+
+def stage_margins(  # noqa: ANN001 - faiss objects
+    ivf,
+    quantizer,
+    exact: ExactTopK,
+    vectors: np.ndarray,
+    firsts: list[int],
+    rerank: int,
+    spill: int,
+) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
+    """Per breadth of ``firsts`` (ascending): each tuning query's margin, float32 (q,), of
+    its best hit within that many nearest lists (``quantizer``'s) over the centroid score
+    of the next list, and whether that hit is the exact top hit, bool (q,). The lists are
+    scanned once, in the segments between breadths."""
+    queries, truth = exact.queries, exact.result()[0][:, :1]
     coarse, lists = quantizer.search(queries, firsts[-1] + 1)
     fetch = fetch_count(ivf.ntotal, 1, rerank, spill)
     exact_rows = vectors if fetch > 1 else None
@@ -278,23 +364,7 @@ def tune_early_stop(
         margins[first] = scores[:, 0] - coarse[:, first]
         hits[first] = hits_at_k(queries, rows, truth, vectors)
     release_pages(vectors)
-    call_lists = EARLY_STOP_STAGE_VECTORS * ivf.nlist / max(1, ivf.ntotal)
-    plans = [
-        plan_early_stop(stages, margins, hits, full, nprobe, target_top1, call_lists, share)
-        for size in range(1, EARLY_STOP_MAX_STAGES + 1)
-        for stages in combinations(firsts, size)
-        for share in sorted({1 / size, *(s for s in EARLY_STOP_FIRST_SHARES if size > 1)})
-    ]
-
-    table = [plan for plan in plans if not plan["then"]]
-    for size in range(2, EARLY_STOP_MAX_STAGES + 1):
-        longer = [p for p in plans if len(p["then"]) == size - 1 and p["usable"]]
-        table += [min(longer, key=plan_rank)] if longer else []
-    usable = [plan for plan in table if plan["usable"]]
-    best = min(usable, key=plan_rank) if usable else None
-    if best is None or best["lists_per_query"] > EARLY_STOP_MAX_COST * nprobe:
-        return None, table
-    return EarlyStop.from_dict(best), table
+    return margins, hits
 
 
 def _best_candidates(
@@ -374,7 +444,25 @@ def plan_early_stop(
         going &= ~stop
         chosen.append((breadth, margin))
     calls[going] += 1  # the last search, over the rest of the nprobe lists
-    held, spent = ~tune, lists + call_lists * calls
+    held = ~tune
+    usable = bool(not going.all() and got[held].mean() >= floor(held, 1.0))
+    return _plan_row(chosen, hits, going, lists + call_lists * calls, lists, got[held],
+                     first_share, usable)  # fmt: skip
+
+
+def _plan_row(
+    chosen: list[tuple[int, float]],
+    hits: dict[int, np.ndarray],
+    going: np.ndarray,
+    spent: np.ndarray,
+    lists: np.ndarray,
+    held_got: np.ndarray,
+    first_share: float,
+    usable: bool,
+) -> dict[str, Any]:
+    """The table row of a plan: its stages ``chosen`` ((breadth, margin), narrowest first)
+    and figures over the queries (``going`` bool (q,): not stopped; ``spent`` and
+    ``lists`` float (q,): cost and lists scanned; ``held_got``: the held-out half's hits)."""
     first, first_margin = chosen[0]
     return {
         "nprobe": first, "margin": first_margin,
@@ -384,8 +472,8 @@ def plan_early_stop(
         "lists_per_query": round(float(lists.mean()), 2),
         "cost": round(float(spent.mean()), 2), "p50_cost": round(float(np.median(spent)), 2),
         "first_share": round(first_share, 4),
-        "held_out_recall_at_1": round(float(got[held].mean()), 4),
-        "usable": bool(not going.all() and got[held].mean() >= floor(held, 1.0)),
+        "held_out_recall_at_1": round(float(held_got.mean()), 4),
+        "usable": usable,
     }  # fmt: skip
 
 
@@ -406,3 +494,107 @@ def lowest_safe_margin(
     if m < len(margins) and margins[order[m]] == margin:  # a tie would let more queries stop
         margin = np.nextafter(margin, np.float32(np.inf))
     return float(margin)
+
+@dataclass(frozen=True)
+class TuningConfig:
+    """How a build sets its search settings. ``nprobe``: a fixed breadth (IVF nprobe, or
+    an HNSW index's efSearch) instead of the tuned one; ``target_recall`` (FAISS's R@10
+    against exact search) and ``target_top1`` (the top hit is the exact one): what the
+    tuned breadth must reach on typo'd catalog texts; ``early_stop``: IVF indexes also
+    measure staged probing for top-1 queries (:func:`tune_early_stop`) and keep it when it
+    saves work; ``stage_graph``: its stages find their lists with an HNSW graph over the
+    centroids (None: from ``STAGE_GRAPH_MIN_NLIST`` lists on, flat coarse quantizers
+    only); ``seed``: of the tuning queries."""
+
+    nprobe: int | None = None
+    target_recall: float = 0.95
+    target_top1: float = TOP1_TARGET
+    early_stop: bool = True
+    stage_graph: bool | None = None
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Tuned:
+    """A build's search settings: breadth (nprobe or efSearch; None for exact indexes),
+    the measured breadth table, the early-stop plan (or None) and its measurements."""
+
+    breadth: int | None
+    table: list[dict[str, Any]]
+    early: EarlyStop | None
+    early_table: list[dict[str, Any]]
+
+
+def tune_index(  # noqa: ANN001 - a faiss.Index
+    tmp: Path,
+    index,
+    vectors: np.ndarray,
+    exact: ExactTopK | None,
+    plan: IndexPlan,
+    config: TuningConfig,
+    show_progress: bool,
+    clock: StageClock,
+) -> Tuned:
+    """Tune the search breadth (unless ``config`` fixes it) and, for IVF indexes, early
+    stop, on the queries of ``exact`` (None: nothing to tune, an exact index); a stage
+    graph it chose is written to ``tmp``."""
+    if exact is None:
+        return Tuned(config.nprobe, [], None, [])
+    targets = (config.target_recall, config.target_top1)
+    with clock.stage("tune nprobe"):
+        grid = list(EF_SEARCH_GRID) if plan.graph else nprobe_grid(plan.nlist)
+        tuned = tune_breadth(index, vectors, exact, grid, config.nprobe, targets, plan.rerank,
+                             show_progress, plan.spill)  # fmt: skip
+    if not (config.early_stop and plan.nlist and not plan.graph):
+        return Tuned(tuned.breadth, tuned.table, None, [])
+    with clock.stage("tune early stop"):
+        stages = _stage_graph(index, config.stage_graph)
+        early, early_table = tune_early_stop(
+            index, vectors, exact, tuned.breadth, nprobe_grid(plan.nlist), targets[1],
+            plan.rerank, plan.spill, stages, tuned.top1,
+        )  # fmt: skip
+        if early is not None and stages is not None:
+            import faiss
+
+            early = replace(early, graph_ef_search=STAGE_GRAPH_EF)
+            faiss.write_index(stages, str(tmp / STAGE_GRAPH_FILE))
+    return Tuned(tuned.breadth, tuned.table, early, early_table)
+
+
+def _stage_graph(index, wanted: bool | None):  # noqa: ANN001, ANN202 - faiss objects
+    """The early-stop stage graph for IVF ``index`` (:func:`centroid_graph`), or None:
+    ``wanted`` None means from ``STAGE_GRAPH_MIN_NLIST`` lists on. Only a flat coarse
+    quantizer gets one."""
+    import faiss
+
+    ivf = faiss.extract_index_ivf(index)
+    if not isinstance(faiss.downcast_index(ivf.quantizer), faiss.IndexFlat):
+        return None
+    if not (ivf.nlist >= STAGE_GRAPH_MIN_NLIST if wanted is None else wanted):
+        return None
+    return centroid_graph(ivf, STAGE_GRAPH_EF, STAGE_GRAPH_EF_CONSTRUCTION)
+
+
+def typo_queries(
+    tmp: Path,
+    encoder: Encoder,
+    lexical: LexicalSettings | None,
+    settings: NormalizerSettings,
+    seed: int,
+) -> np.ndarray:
+    """Encode one-letter-typo versions of up to 1000 of the catalog's texts, float32 (q, d).
+
+    Texts a typo cannot change (codes, numbers) are skipped: they would inflate the recall.
+    """
+    texts = StringTable(tmp, "texts")
+    rng = random.Random(seed)
+    rows = rng.sample(range(len(texts)), min(TUNING_QUERIES * 4, len(texts)))
+    queries: list[str] = []
+    for row in rows:
+        text = texts[row][:MAX_TEXT_CHARS]
+        typo = normalize_text(one_letter_typo(text, rng), settings)
+        if typo and typo != normalize_text(text, settings):
+            queries.append(typo)
+        if len(queries) == TUNING_QUERIES:
+            break
+    return featurize(queries or [normalize_text(texts[0], settings) or " "], encoder, lexical)

@@ -21,12 +21,11 @@ carry over, the new manifest records its lineage, and the old artifact is never 
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -46,16 +45,19 @@ from .artifact import (
     file_records,
     open_faiss_index,
     sha256_file,
-    write_manifest,
 )
-from .build import CatalogWriter, build_index, is_graph_factory, open_fresh
+from .build import BuildConfig, build, open_fresh
 from .catalog import read_catalog
+from .catalog_writer import CatalogWriter
 from .encoders import Encoder
 from .errors import ArtifactError, ArtifactExistsError, CatalogError
+from .indexing import IndexConfig, is_graph_factory
+from .manifest import Counts, Layers, Manifest, read_manifest, write_manifest
 from .match_index import MatchIndex, load_index
 from .scorers import HEAD_FILE
 from .search import iter_chunks
 from .spill import fill
+from .tuning import TuningConfig
 
 _CHUNK = 65536
 #: ``compact=None`` writes a layer while the layers (with this update) hold at most this
@@ -187,19 +189,18 @@ def _write_layer(old: MatchIndex, tmp: Path, change: _Change) -> None:
     """Hard-link the old artifact into ``tmp``, add a layer for the added entities, write
     the masks."""
     masks, added = change.masks, change.added
-    info = old.manifest.get("layers") or {"segments": []}
-    old_masks = {info.get("hidden"), *(entry.get("hidden") for entry in info["segments"])}
+    info = old.manifest.layers or Layers(None, (), 0)
+    old_masks = set(info.masks)
     records = {}
-    for name, record in old.manifest["files"].items():
+    for name, record in old.manifest.files.items():
         if name not in old_masks:  # masks are rewritten, never written through a link
             _link_or_copy(old.path / name, tmp / name)
             records[name] = record
-    segments = [{"dir": entry["dir"]} for entry in info["segments"]]
+    folders = [folder for folder, _ in info.segments]
     if added:
-        number = 1 + max((int(entry["dir"].rsplit("-", 1)[1]) for entry in segments), default=0)
-        folder = f"layer-{number:03d}"
-        _build_layer(old, added, tmp / folder, change.batch_size, change.show_progress)
-        segments.append({"dir": folder})
+        number = 1 + max((int(folder.rsplit("-", 1)[1]) for folder in folders), default=0)
+        folders.append(f"layer-{number:03d}")
+        _build_layer(old, added, tmp / folders[-1], change.batch_size, change.show_progress)
         masks = [*masks, np.zeros(0, bool)]
     names = []
     for number, mask in enumerate(masks):
@@ -207,25 +208,18 @@ def _write_layer(old: MatchIndex, tmp: Path, change: _Change) -> None:
         if name:
             np.save(tmp / name, mask, allow_pickle=False)
         names.append(name)
-    for entry, name in zip(segments, names[1:], strict=True):
-        entry["hidden"] = name
     old_segments = [old, *old.layers]
     reused = sum(int((~mask[np.asarray(segment.row_entity)]).sum())
                  for segment, mask in zip(old_segments, masks, strict=False))  # fmt: skip
-    encoded = _counts(tmp / segments[-1]["dir"])["vectors"] if added else 0
-    manifest = _manifest(old, old.manifest["counts"], change, reused, encoded)
-    sizes = [old.n_entities, *(_counts(tmp / entry["dir"])["entities"] for entry in segments)]
-    manifest["layers"] = {
-        "hidden": names[0],
-        "segments": segments,
-        "entities": sum(size - int(mask.sum()) for size, mask in zip(sizes, masks, strict=True)),
-    }
-    manifest["files"] = file_records(tmp, reuse=records)
-    write_manifest(tmp, manifest)
-
-
-def _counts(folder: Path) -> dict[str, int]:
-    return json.loads((folder / MANIFEST).read_text(encoding="utf-8"))["counts"]
+    counts = [read_manifest(tmp / folder).counts for folder in folders]
+    encoded = counts[-1].vectors if added else 0
+    sizes = [old.n_entities, *(count.entities for count in counts)]
+    layers = Layers(
+        names[0], tuple(zip(folders, names[1:], strict=True)),
+        sum(size - int(mask.sum()) for size, mask in zip(sizes, masks, strict=True)),
+    )  # fmt: skip
+    manifest = _manifest(old, old.manifest.counts, change, reused, encoded)
+    write_manifest(tmp, manifest.replace(layers=layers, files=file_records(tmp, reuse=records)))
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -241,24 +235,17 @@ def _build_layer(
     old: MatchIndex, added: list[dict[str, Any]], folder: Path, batch_size: int, progress: bool
 ) -> None:
     """A sub-artifact of ``added`` encoded and indexed like ``old`` (same trained index)."""
-    info = old.manifest["index"]
-    untrained = info["type"] == "flat" or is_graph_factory(info["factory"])
-    build_index(
-        added,
-        folder,
-        encoder=old.encoder,
-        index_type="flat" if info["type"] == "flat" else info["factory"],
-        normalize=old.normalizer,
-        lexical=old.lexical or False,
-        nprobe=old.nprobe,
-        rerank=old._rerank,
-        spill=old.spill,
-        keep_vectors=old.vectors is not None,
-        trained=None if untrained else _emptied(old),
-        batch_size=batch_size,
-        show_progress=progress,
-        extra_manifest={"layer": True},
-    )
+    info = old.manifest.index
+    untrained = info.type == "flat" or is_graph_factory(info.factory)
+    index = IndexConfig("flat" if info.type == "flat" else info.factory, rerank=info.rerank,
+                        spill=info.spill, keep_vectors=old.vectors is not None)  # fmt: skip
+    config = BuildConfig(
+        normalizer=old.normalizer, lexical=old.lexical, index=index,
+        tuning=TuningConfig(nprobe=old.breadth), batch_size=batch_size,
+        show_progress=progress, extra_manifest={"layer": True},
+    )  # fmt: skip
+    build(added, folder, config, encoder=old.encoder,
+          trained=None if untrained else _emptied(old))  # fmt: skip
 
 
 def _emptied(old: MatchIndex) -> Any:
@@ -304,15 +291,13 @@ def _write_compacted(old: MatchIndex, tmp: Path, change: _Change) -> None:
         (tmp / VECTORS_FILE).unlink()
     if (old.path / STAGE_GRAPH_FILE).exists():  # the IVF centroids are kept: so is their graph
         _link_or_copy(old.path / STAGE_GRAPH_FILE, tmp / STAGE_GRAPH_FILE)
-    if old.manifest["model"].get("bundled"):
+    if old.manifest.model.bundled:
         shutil.copytree(old.path / MODEL_DIR, tmp / MODEL_DIR)
     elif (old.path / HEAD_FILE).is_file():  # head-only training: the head at the root
         _link_or_copy(old.path / HEAD_FILE, tmp / HEAD_FILE)
     reused = int(kept_rows.sum())
-    manifest = _manifest(old, counts, change, reused, counts["vectors"] - reused)
-    manifest["columns"] = writer.columns_section
-    manifest["files"] = file_records(tmp)
-    write_manifest(tmp, manifest)
+    manifest = _manifest(old, Counts(**counts), change, reused, counts["vectors"] - reused)
+    write_manifest(tmp, manifest.replace(columns=writer.columns_section, files=file_records(tmp)))
 
 
 def _index_kind(old: MatchIndex) -> str:
@@ -372,7 +357,7 @@ def _new_index(
             faiss.IndexFlatIP(old.dim)
             if kind == "flat"
             else faiss.index_factory(
-                old.dim, old.manifest["index"]["factory"], faiss.METRIC_INNER_PRODUCT
+                old.dim, old.manifest.index.factory, faiss.METRIC_INNER_PRODUCT
             )
         )
         if old.vectors is None:  # kept rows come back from the old index's raw vectors
@@ -433,31 +418,28 @@ def _empty_like(ivf: Any) -> Any:
 
 
 def _manifest(
-    old: MatchIndex, counts: dict[str, int], change: _Change, reused: int, encoded: int
-) -> dict[str, Any]:
-    """The old manifest with new counts and time stamps, and a lineage record."""
-    manifest = json.loads(json.dumps(old.manifest))
+    old: MatchIndex, counts: Counts, change: _Change, reused: int, encoded: int
+) -> Manifest:
+    """The old manifest with new counts and time stamps, and a lineage record (its files
+    and layers are the caller's to set)."""
     parent = {
         "path": str(old.path),
-        "created_at": old.manifest.get("created_at"),
+        "created_at": old.manifest.created_at,
         "manifest_sha256": sha256_file(old.path / MANIFEST),
         "entities": len(old),
         "vectors": old.n_vectors + sum(layer.n_vectors for layer in old.layers),
     }
-    for key in ("files", "layers", "build_stages"):  # stage times are the parent build's
-        manifest.pop(key, None)
-    manifest.update(
+    ancestors = (old.manifest.lineage or {}).get("parents", [])
+    carried = old.manifest.index.breadth is not None
+    return old.manifest.replace(
         library_version=__version__,
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         counts=counts,
         build_seconds=round(time.perf_counter() - change.started, 3),
-        lineage={
-            "parents": [parent, *old.manifest.get("lineage", {}).get("parents", [])],
-            **change.counts,
-            "reused_vectors": reused,
-            "encoded_vectors": encoded,
-        },
+        build_stages=None,  # stage times are the parent build's
+        files={},
+        layers=None,
+        lineage={"parents": [parent, *ancestors], **change.counts, "reused_vectors": reused,
+                 "encoded_vectors": encoded},  # fmt: skip
+        index=replace(old.manifest.index, nprobe_source="parent" if carried else None),
     )
-    carried = manifest["index"]["nprobe"] or manifest["index"].get("ef_search")
-    manifest["index"]["nprobe_source"] = "parent" if carried else None
-    return manifest

@@ -9,7 +9,7 @@ import pytest
 
 from novelentitymatcher_faiss import build_index
 from novelentitymatcher_faiss.budget import index_bytes, parse_bytes, pick_kind, pq_subquantizers
-from novelentitymatcher_faiss.build import (
+from novelentitymatcher_faiss.indexing import (
     HNSW_QUANTIZER_EF,
     HNSW_QUANTIZER_MIN_NLIST,
     MAX_ASSIGN_MULTIPLY_ADDS,
@@ -75,16 +75,16 @@ def test_auto_is_flat_then_ivf_fp16():
 
 def test_builds_follow_the_budget(tmp_path):
     roomy = build_index(PRODUCTS, tmp_path / "roomy", memory_budget="1GB", show_progress=False)
-    assert roomy.manifest["index"]["type"] == "flat"
+    assert roomy.manifest.index.type == "flat"
     sq8 = build_index(PRODUCTS, tmp_path / "sq8", memory_budget="1.5MB", show_progress=False)
-    assert sq8.manifest["index"]["type"] == "ivf-sq8"
-    assert sq8.manifest["index"]["memory_budget"] == 1_500_000
+    assert sq8.manifest.index.type == "ivf-sq8"
+    assert sq8.manifest.index.memory_budget == 1_500_000
     assert (sq8.path / "index.faiss").stat().st_size <= 1_500_000
     # d/8 4-bit codes of this small catalog reach recall@1 0.98 with every list probed
     pq = build_index(PRODUCTS, tmp_path / "pq", memory_budget="900KB", target_top1=0.97,
                      show_progress=False)  # fmt: skip
-    assert pq.manifest["index"]["type"] == "ivf-pq-small"
-    assert pq.manifest["index"]["rerank"] == 4 and pq.vectors is not None
+    assert pq.manifest.index.type == "ivf-pq-small"
+    assert pq.manifest.index.rerank == 4 and pq.vectors is not None
     assert (pq.path / "index.faiss").stat().st_size <= 900_000
     assert pq.match("airlines", threshold=None)["text"] == "Airlines"  # many entities share it
     with pytest.raises(ValueError, match="below the smallest index"):

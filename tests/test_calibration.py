@@ -57,9 +57,9 @@ def _typos(entities: list[dict], seed: int) -> list[str]:
 
 
 def test_build_stores_a_checked_calibration(calibrated):
-    section = calibrated.manifest["calibration"]
+    section = calibrated.manifest.to_dict()["calibration"]
     assert section["features"] == list(FEATURES) and section["version"] == 1
-    assert "calibrate" in calibrated.manifest["build_stages"]
+    assert "calibrate" in calibrated.manifest.build_stages
     held = section["held_out"]
     assert held["auroc"] >= 0.85 and held["ece"] <= 0.1 and held["examples"] > 500
     again = Calibration.from_dict(json.loads(json.dumps(section)))
@@ -114,7 +114,7 @@ def test_matcher_decides_by_confidence_and_falls_back_to_the_score(split, calibr
     matcher = Matcher.from_index(calibrated.path)
     assert matcher.match(kept[0]["name"])["id"] == kept[0]["id"]
     bare = build_index(kept, tmp_path / "bare", show_progress=False, calibrate=False)
-    assert "calibration" not in bare.manifest and bare.calibration is None
+    assert bare.manifest.calibration is None and bare.calibration is None
     plain = Matcher.from_index(bare.path)  # no calibration: threshold 0.7 on the score
     hits = [plain.match(t) for t in _typos(held[:50], 5)]
     raw = bare.match(_typos(held[:50], 5))

@@ -112,7 +112,7 @@ def test_a_query_stops_at_its_first_stage_whose_margin_it_clears(built: dict, ty
 
 
 def test_the_build_measures_and_stores_early_stop(built: dict, typos: list) -> None:
-    info = built["ivf"].manifest["index"]
+    info = built["ivf"].manifest.to_dict()["index"]
     stop = info["early_stop"]
     assert stop is not None and stop["nprobe"] <= OPTIONS["nprobe"] // 2
     assert built["ivf"].early_stop == EarlyStop.from_dict(stop)
@@ -125,7 +125,7 @@ def test_the_build_measures_and_stores_early_stop(built: dict, typos: list) -> N
     kept = next(row for row in table if EarlyStop.from_dict(row) == built["ivf"].early_stop)
     assert plan_rank(kept) == min(plan_rank(row) for row in table if row["usable"])
     assert kept["lists_per_query"] <= 0.75 * OPTIONS["nprobe"]
-    off = built["off"].manifest["index"]
+    off = built["off"].manifest.to_dict()["index"]
     assert off["early_stop"] is None and built["off"].early_stop is None
 
 
@@ -247,9 +247,9 @@ def test_a_stage_graph_is_stored_checked_and_keeps_top1(
     from novelentitymatcher_faiss.artifact import STAGE_GRAPH_FILE, sha256_file
 
     index = graphed
-    stop = index.manifest["index"]["early_stop"]
+    stop = index.manifest.to_dict()["index"]["early_stop"]
     assert stop["graph_ef_search"] == index.early_stop.graph_ef_search > 0
-    assert STAGE_GRAPH_FILE in index.manifest["files"]
+    assert STAGE_GRAPH_FILE in index.manifest.files
     graph = index.stage_quantizer
     assert isinstance(graph, faiss.IndexHNSW) and graph.ntotal == OPTIONS["nlist"]
     assert (built["ivf"].path / STAGE_GRAPH_FILE).exists() is False  # default: flat, 32 lists

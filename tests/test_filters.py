@@ -198,7 +198,7 @@ def test_typed_columns_and_their_conditions(tmp_path):
          "languages": ["lb", "fr", "de"]},
     ]  # fmt: skip
     index = build_index(countries, tmp_path / "eu", index_type="flat", show_progress=False)
-    fields = index.manifest["columns"]["fields"]
+    fields = index.manifest.columns["fields"]
     assert {k: v["type"] for k, v in fields.items()} == {
         "population": "int", "eu": "bool", "area": "float", "languages": "json"
     }  # fmt: skip
@@ -356,7 +356,7 @@ def test_parquet_catalog_gives_typed_columns(zones, tmp_path):
     path = tmp_path / "zones.parquet"
     pq.write_table(pa.Table.from_pylist(rows), path)
     index = build_index(path, tmp_path / "pq-zones", index_type="flat", show_progress=False)
-    fields = index.manifest["columns"]["fields"]
+    fields = index.manifest.columns["fields"]
     assert fields["iso_numeric"]["type"] == "int" and fields["country_code"]["type"] == "string"
     hit = index.match("londn", where={"iso_numeric": 826}, metadata=True)  # 826: GB
     assert hit["id"] == "Europe/London" and hit["metadata"]["iso_numeric"] == 826

@@ -95,7 +95,7 @@ def test_flat_reproduces_exact_cosine_top1(flat, encoder):
 
 
 def test_ivf_agrees_with_flat_on_typo_queries(flat, ivf):
-    info = ivf.manifest["index"]
+    info = ivf.manifest.to_dict()["index"]
     assert info["type"] == "ivf" and info["nlist"] > 1
     assert info["nprobe_tuning"][-1]["recall_at_10"] >= 0.95
     queries = typo_queries(seed=2)
@@ -109,12 +109,12 @@ def test_ivf_agrees_with_flat_on_typo_queries(flat, ivf):
 
 
 def test_hnsw_tunes_ef_search_and_agrees_with_flat(flat, hnsw):
-    info = hnsw.manifest["index"]
+    info = hnsw.manifest.to_dict()["index"]
     assert (info["type"], info["factory"]) == ("hnsw", "HNSW32")
     assert info["faiss_class"] == "IndexHNSWFlat"
     assert info["nprobe"] is None and info["nlist"] == 0 and info["nprobe_tuning"] == []
     tuned = info["ef_search_tuning"][-1]
-    assert tuned["ef_search"] == info["ef_search"] == hnsw.nprobe
+    assert tuned["ef_search"] == info["ef_search"] == hnsw.ef_search == hnsw.breadth
     assert tuned["recall_at_10"] >= 0.95 and tuned["recall_at_1"] >= 0.99
     queries = typo_queries(seed=2)
     pairs = list(zip(flat.match(queries), hnsw.match(queries), strict=True))
@@ -128,7 +128,7 @@ def test_hnsw_tunes_ef_search_and_agrees_with_flat(flat, hnsw):
 
 def test_per_query_nprobe_override(ivf):
     queries = typo_queries(50, seed=3)
-    full = ivf.match(queries, top_k=5, nprobe=ivf.manifest["index"]["nlist"])
+    full = ivf.match(queries, top_k=5, nprobe=ivf.manifest.index.nlist)
     one = ivf.match(queries, top_k=5, nprobe=1)
     assert full != one  # nprobe=1 misses some neighbours that exhaustive probing finds
     with pytest.raises(QueryError, match="nprobe"):
@@ -182,7 +182,7 @@ def test_search_vectors_get_and_len(unis, encoder):
 
 
 def test_manifest_records_everything(flat):
-    m = flat.manifest
+    m = flat.manifest.to_dict()
     assert m["format"] == "nem-faiss-index" and m["format_version"] == 1
     assert m["model"]["alias"] == "potion-8m" and m["model"]["dim"] == 256
     assert m["model"]["fingerprint"] == load_encoder("potion-8m").fingerprint
@@ -197,13 +197,13 @@ def test_manifest_records_everything(flat):
 
 
 def test_manifest_times_each_build_stage(ivf, flat):
-    stages = ivf.manifest["build_stages"]
+    stages = ivf.manifest.build_stages
     for name in ("encode catalog", "encode tuning queries", "train", "add",
                  "exact top 10 (tuning)", "tune nprobe", "write"):  # fmt: skip
         assert stages[name] > 0, name
-    assert abs(sum(stages.values()) - ivf.manifest["build_seconds"]) < 0.01
-    assert "exact top 10 (tuning)" not in flat.manifest["build_stages"]
-    assert "tune nprobe" not in flat.manifest["build_stages"]
+    assert abs(sum(stages.values()) - ivf.manifest.build_seconds) < 0.01
+    assert "exact top 10 (tuning)" not in flat.manifest.build_stages
+    assert "tune nprobe" not in flat.manifest.build_stages
 
 
 def test_index_is_memory_mapped(ivf, flat):
@@ -301,10 +301,10 @@ def test_factory_string_and_quantized_types(tmp_path, flat):
     fp16 = build_index(PRODUCTS, tmp_path / "fp16", index_type="ivf-fp16", nlist=32,
                        show_progress=False)  # fmt: skip
     hnsw = build_index(PRODUCTS, tmp_path / "hnsw", index_type="HNSW32", show_progress=False)
-    assert pq.manifest["index"]["rerank"] == 4 and (pq.path / "vectors.npy").exists()
-    assert hnsw.manifest["index"]["faiss_class"] == "IndexHNSWFlat"
-    assert fp16.manifest["index"]["nlist"] == 32 and fp16.manifest["index"]["nprobe"] >= 1
-    assert fp16.manifest["index"]["factory"] == "IVF32,SQfp16"
+    assert pq.manifest.index.rerank == 4 and (pq.path / "vectors.npy").exists()
+    assert hnsw.manifest.index.faiss_class == "IndexHNSWFlat"
+    assert fp16.manifest.index.nlist == 32 and fp16.manifest.index.nprobe >= 1
+    assert fp16.manifest.index.factory == "IVF32,SQfp16"
     queries = typo_queries(100, seed=5)
     exact = flat.match(queries)
     # float16 codes: every score within 1e-3 of the exact cosine of the hit's own text

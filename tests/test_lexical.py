@@ -152,7 +152,7 @@ def test_lexical_channel_beats_dense_only_on_typos(tmp_path, typo_set):
     entities, queries = typo_set
     dense = build_index(entities, tmp_path / "dense", lexical=False, show_progress=False)
     both = build_index(entities, tmp_path / "both", show_progress=False)
-    assert dense.manifest["lexical"] is None and both.manifest["lexical"] == SETTINGS.to_dict()
+    assert dense.manifest.lexical is None and both.manifest.lexical == SETTINGS
     texts = [q for q, _ in queries]
 
     def top1(index):

@@ -92,7 +92,7 @@ def test_explain_adds_up_and_the_artifact_share_wins(tmp_path):
     half = LexicalSettings(name_map=0.5)
     built = build_index(catalog, tmp_path / "half", lexical=half, show_progress=False)
     index = load_index(built.path)
-    assert index.lexical == half and index.manifest["lexical"]["name_map"] == 0.5
+    assert index.lexical == half and index.manifest.lexical.name_map == 0.5
     hits = index.match("Allemagne", top_k=3, explain=True)
     assert hits[0]["id"] == "DE"
     for hit in hits:

@@ -22,7 +22,8 @@ from novelentitymatcher_faiss import (
     build_index,
     load_index,
 )
-from novelentitymatcher_faiss.artifact import file_records, write_manifest
+from novelentitymatcher_faiss.artifact import file_records
+from novelentitymatcher_faiss.manifest import write_manifest
 
 DATA = Path(__file__).parent / "data"
 UNIVERSITIES = DATA / "universities.csv"

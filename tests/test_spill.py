@@ -45,8 +45,8 @@ def typos() -> list[str]:
 
 def test_ivf_pq_files_every_vector_under_two_lists(built: dict) -> None:
     spilled, single = built["spilled"], built["single"]
-    assert spilled.manifest["index"]["spill"] == spilled.spill == 2
-    assert single.manifest["index"]["spill"] == single.spill == 1
+    assert spilled.manifest.index.spill == spilled.spill == 2
+    assert single.manifest.index.spill == single.spill == 1
     assert spilled.index.ntotal == 2 * spilled.n_vectors
     assert single.index.ntotal == single.n_vectors == spilled.n_vectors
     assert type(spilled.index).__name__ == "IndexIVFPQFastScan"

@@ -214,7 +214,7 @@ def test_training_writes_nothing_to_the_working_directory(tuned):
 
 
 def test_manifest_records_the_training(tuned, split):
-    manifest = load_index(tuned["path"]).manifest
+    manifest = load_index(tuned["path"]).manifest.to_dict()
     training, model = manifest["training"], manifest["model"]
     base = fetch_model("minilm", show_progress=False)
     assert training["mode"] == "full" and manifest["matcher"]["mode"] == "full"
@@ -232,7 +232,7 @@ def test_manifest_records_the_training(tuned, split):
 
 def test_training_examples_enter_the_index_as_aliases(tuned, split):
     index = load_index(tuned["path"])
-    assert index.manifest["training"]["example_aliases"] > 0
+    assert index.manifest.training["example_aliases"] > 0
     settings = NormalizerSettings()
     for row in split[0]:
         entity = index.get(row["label"])
@@ -258,7 +258,7 @@ def test_saved_matcher_reopens_with_every_scorer(tuned, split):
     held = [row["text"] for row in split[1]]
     reopened = Matcher.load(tuned["path"])
     assert reopened.mode == "full" and reopened.scorer is None
-    assert reopened.index.manifest["training"]["default_scorer"] == "hybrid"
+    assert reopened.index.manifest.training["default_scorer"] == "hybrid"
     assert reopened.match(held, top_k=3) == tuned["matcher"].match(held, top_k=3)
     head = Matcher.load(tuned["path"])
     head.scorer = "head"
@@ -277,7 +277,7 @@ def test_hybrid_scores_are_the_cosine_plus_the_weighted_head_probability(tuned, 
     held = [row["text"] for row in split[1]]
     found = HybridScorer(index, head).match(held, top_k=3, threshold=None)
     plain = index.match(held, top_k=len(index))  # flat: every entity's exact score
-    probabilities = head.probabilities(index.encoder.encode([index._normalize(t, 0) for t in held]))
+    probabilities = head.probabilities(index.encoder.encode([index.normalize_query(t) for t in held]))
     for hits, candidates, row in zip(found, plain, probabilities, strict=True):
         cosine = {hit["id"]: hit["score"] for hit in candidates}
         assert len(hits) == 3 and [h["score"] for h in hits] == sorted(
@@ -304,7 +304,7 @@ def test_hybrid_scores_are_the_cosine_plus_the_weighted_head_probability(tuned, 
 
 
 def test_head_only_keeps_the_body_untouched_and_out_of_the_artifact(head_only, split, tmp_path):
-    manifest = head_only.index.manifest
+    manifest = head_only.index.manifest.to_dict()
     assert head_only.mode == "head-only" and manifest["training"]["default_scorer"] == "hybrid"
     # the body is the registry model itself (same fingerprint), named, not copied: the
     # artifact holds the head and the index, not the model's weights
@@ -365,12 +365,12 @@ def test_cli_train_with_the_same_seed_gives_identical_vectors(tuned, split, tmp_
     assert cli_main(argv) == 0
     assert cli_main(argv) == 2  # exists, no --overwrite
     first, second = load_index(tuned["path"]), load_index(out)
-    assert first.manifest["lexical"] is not None and second.manifest["lexical"] is None
+    assert first.manifest.lexical is not None and second.manifest.lexical is None
     assert (
-        second.manifest["training"]["training_data_sha256"]
-        == (first.manifest["training"]["training_data_sha256"])
+        second.manifest.training["training_data_sha256"]
+        == (first.manifest.training["training_data_sha256"])
     )
-    assert second.manifest["model"]["fingerprint"] == first.manifest["model"]["fingerprint"]
+    assert second.manifest.model.fingerprint == first.manifest.model.fingerprint
     texts = [row["text"] for row in split[1]]
     np.testing.assert_array_equal(first.encoder.encode(texts), second.encoder.encode(texts))
     base = load_encoder("minilm", show_progress=False).encode(texts)
@@ -442,7 +442,7 @@ def test_distill_writes_a_static_artifact(tuned, split, tmp_path):
     index = train_index(CATALOG, train, tmp_path / "static", model=str(tuned["path"] / MODEL_DIR),
                         mode="head-only", distill=options, lexical=False,
                         show_progress=False)  # fmt: skip
-    manifest = index.manifest
+    manifest = index.manifest.to_dict()
     assert manifest["model"]["backend"] == "model2vec" and manifest["model"]["dim"] == 64
     assert manifest["training"]["distilled"]["added_words"] > 100
     reopened = load_index(index.path)
@@ -461,11 +461,11 @@ def test_static_model_trains_mpnet_into_a_self_contained_artifact(split, tmp_pat
         matcher = Matcher(CATALOG, model="potion-8m").fit(
             train, mode="full", max_steps=MPNET_STEPS, batch_size=8, seed=0
         )
-    training = matcher.index.manifest["training"]
+    training = matcher.index.manifest.training
     assert training["requested_model"] == "potion-8m"
     assert training["base_model"]["name"] == "mpnet" and training["steps"] == MPNET_STEPS
     mpnet = fetch_model("mpnet", show_progress=False)
-    assert matcher.index.manifest["model"]["fingerprint"] != fingerprint_dir(mpnet)
+    assert matcher.index.manifest.model.fingerprint != fingerprint_dir(mpnet)
     potion = build_index(CATALOG, tmp_path / "potion", model="potion-8m", lexical=False,
                          show_progress=False)  # fmt: skip
     assert top1(matcher, held) > top1(potion, held)

@@ -90,14 +90,14 @@ def test_flat_update_equals_a_fresh_build_and_leaves_the_old_artifact(
     for entity in change["final"][::37]:
         assert new.get(entity["id"]) == fresh_flat.get(entity["id"])
     assert all(new.get(i) is None for i in change["remove"])
-    lineage = new.manifest["lineage"]
+    lineage = new.manifest.lineage
     assert lineage["added_entities"] == 181
     assert lineage["replaced_entities"] == 5
     assert lineage["removed_entities"] == len(change["remove"])
     assert lineage["reused_vectors"] + lineage["encoded_vectors"] == fresh_flat.n_vectors
     assert lineage["encoded_vectors"] < fresh_flat.n_vectors / 3
     assert lineage["parents"][0]["manifest_sha256"] == before["manifest.json"]
-    assert "build_stages" in old.manifest and "build_stages" not in new.manifest
+    assert "build_stages" in old.manifest.to_dict() and new.manifest.build_stages is None
     load_index(new.path, verify="full")
 
 
@@ -116,13 +116,13 @@ def test_ivf_update_keeps_lists_and_matches_a_fresh_build(kind, compact, change,
         assert new.n_vectors == fresh_flat.n_vectors
     else:  # the layer shares the old index's trained quantizer and codes' training
         layer = new.layers[0]
-        assert layer.manifest["index"]["factory"] == old.manifest["index"]["factory"]
+        assert layer.manifest.index.factory == old.manifest.index.factory
         centroids = [faiss.extract_index_ivf(i.index).quantizer.reconstruct_n(0, NLIST)
                      for i in (old, layer)]  # fmt: skip
         np.testing.assert_array_equal(*centroids)
     assert new.nprobe == old.nprobe
-    assert new.manifest["index"]["factory"] == old.manifest["index"]["factory"]
-    assert new.manifest["index"]["nprobe_source"] == "parent"
+    assert new.manifest.index.factory == old.manifest.index.factory
+    assert new.manifest.index.nprobe_source == "parent"
     exhaustive = hits(new, change["queries"], nprobe=NLIST)
     if kind == "ivf":  # raw vectors in the lists: exhaustive search is exact search, up to
         # float rounding (FAISS sums IVF and flat inner products in different orders)
@@ -154,7 +154,7 @@ def test_hnsw_update_answers_like_a_fresh_build(compact, change, fresh_flat, tmp
     new = update_index(old.path, tmp_path / "new", add=change["add"], remove=change["remove"],
                        show_progress=False, compact=compact)  # fmt: skip
     assert len(new) == len(fresh_flat) and len(new.layers) == (0 if compact else 1)
-    assert new.manifest["index"]["ef_search"] == old.manifest["index"]["ef_search"] == new.nprobe
+    assert new.manifest.index.ef_search == old.manifest.index.ef_search == new.breadth
     assert type(new.index).__name__ == "IndexHNSWFlat"
     if compact:  # the graph is built again from the kept and added vectors
         assert new.index.ntotal == fresh_flat.n_vectors
@@ -171,7 +171,7 @@ def test_updates_chain_and_record_every_parent(change, tmp_path):
     v2 = update_index(old.path, tmp_path / "v2", remove=change["remove"][:3],
                       show_progress=False)  # fmt: skip
     v3 = update_index(v2.path, tmp_path / "v3", add=change["add"][-2:], show_progress=False)
-    parents = v3.manifest["lineage"]["parents"]
+    parents = v3.manifest.lineage["parents"]
     assert [p["entities"] for p in parents] == [797, 800]
     assert len(v3) == 799
 
@@ -246,7 +246,7 @@ def test_layered_updates_chain_compact_and_answer_like_a_fresh_build(change, fre
     assert [len(v.layers) for v in (v1, v2, v3)] == [0, 1, 2]
     assert v3.get(in_layer) is None and v3.get(add[98]["id"]) == fresh_flat.get(add[98]["id"])
     final = [e for e in change["final"] if e["id"] != in_layer]
-    assert len(v3) == len(final) == v3.manifest["layers"]["entities"]
+    assert len(v3) == len(final) == v3.manifest.layers.entities
     queries = change["queries"]
     # the reference: a fresh build of the same final catalog
     fresh = build_index(final, tmp_path / "fresh", index_type="flat", show_progress=False)
@@ -268,7 +268,7 @@ def test_layered_updates_chain_compact_and_answer_like_a_fresh_build(change, fre
 def test_damaged_hidden_mask_is_detected(change, tmp_path):
     v1 = build_index(change["old"], tmp_path / "v1", index_type="flat", show_progress=False)
     v2 = update_index(v1.path, tmp_path / "v2", remove=change["remove"], show_progress=False)
-    mask = v2.path / v2.manifest["layers"]["hidden"]
+    mask = v2.path / v2.manifest.layers.hidden
     data = bytearray(mask.read_bytes())
     data[-1] ^= 1
     mask.write_bytes(bytes(data))  # a different inode: v1 is untouched
