@@ -1,5 +1,8 @@
 """Shared benchmark helpers: thread pinning, machine and version info, timing, RSS, output.
 
+:mod:`catalogs` holds the shared data (catalogs, typo queries, cached artifacts) and
+:mod:`systems` the compared systems.
+
 Import this module before numpy, faiss or the library, and call :func:`pin_threads` first:
 the thread-count environment variables only take effect if set before those imports.
 """
@@ -20,6 +23,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
 DATA_DIR = BENCH_DIR / "data"
 RESULTS_DIR = BENCH_DIR / "results"
+TEST_DATA = REPO_DIR / "tests" / "data"
 _THREAD_VARS = (
     "OMP_NUM_THREADS",
     "OPENBLAS_NUM_THREADS",
@@ -158,6 +162,19 @@ def print_environment(info: dict[str, Any]) -> None:
               f"{machine['parallel_speedup']}x")  # fmt: skip
 
 
+def environment(threads: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """``{"machine", "versions", "threads", **extra}`` for a results file, printed first."""
+    info = {"machine": machine_info(), "versions": library_versions(), "threads": threads,
+            **extra}  # fmt: skip
+    print_environment(info)
+    return info
+
+
+def utc_stamp() -> str:
+    """The current UTC time as ``2024-06-01T12:00:00Z``."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
 def rss_bytes() -> dict[str, int]:
     """VmRSS, RssAnon and RssFile of this process in bytes (from /proc/self/status)."""
     status = _read_key_values("/proc/self/status")
@@ -179,6 +196,24 @@ def median_seconds(func: Callable[[], Any], repeats: int) -> tuple[float, list[f
     """Median wall time of ``repeats`` calls of ``func``, and every run's time."""
     runs = [timed(func)[0] for _ in range(repeats)]
     return statistics.median(runs), runs
+
+
+def latencies_ms(call: Callable[[Any], Any], inputs: Sequence[Any]) -> list[float]:
+    """Wall time of ``call(x)`` for each input, in milliseconds."""
+    times = []
+    for item in inputs:
+        start = time.perf_counter_ns()
+        call(item)
+        times.append((time.perf_counter_ns() - start) / 1e6)
+    return times
+
+
+def batch_qps(call: Callable[[Any], Any], texts: Sequence[Any], runs: int = 3,
+              warm: int = 50) -> float:  # fmt: skip
+    """Median queries per second of ``call(texts)`` over ``runs`` calls, after one warm-up
+    call on ``texts[:warm]``."""
+    call(texts[:warm])
+    return len(texts) / median_seconds(lambda: call(texts), runs)[0]
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -211,6 +246,16 @@ def write_results(name: str, data: dict[str, Any], markdown: str) -> tuple[Path,
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)
     return paths
+
+
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the Agg backend (PNG files, no display)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

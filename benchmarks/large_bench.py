@@ -26,21 +26,22 @@ from typing import Any
 
 from common import (
     RESULTS_DIR,
+    environment,
     faiss_threads,
     human_bytes,
-    library_versions,
-    machine_info,
+    latencies_ms,
     markdown_table,
     percentile,
     pin_threads,
-    print_environment,
+    utc_stamp,
     write_results,
 )
 
 THREADS = pin_threads(2)
 
-import artifact_bench  # noqa: E402
 import make_catalog  # noqa: E402
+from artifact_bench import measure_open  # noqa: E402
+from catalogs import artifact_dir, catalog_path, read_catalog_rows, typo_queries  # noqa: E402
 
 CHILD = """
 import json, sys, time
@@ -66,19 +67,6 @@ def build(catalog: Path, out: Path, budget: str, options: dict[str, Any]) -> dic
     result["artifact_bytes"] = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     result["index_bytes"] = (out / "index.faiss").stat().st_size
     return result
-
-
-def sample_rows(path: Path, total: int, count: int) -> list[tuple[str, str, list[str]]]:
-    """About ``count`` evenly spaced (id, name, aliases) rows of a ``total``-row catalog
-    CSV, streamed."""
-    import csv
-
-    step = max(1, total // count)
-    with open(path, encoding="utf-8", newline="") as handle:
-        reader = csv.reader(handle)
-        next(reader)
-        return [(row[0], row[1], [a for a in row[2].split("|") if a])
-                for number, row in enumerate(reader) if number % step == 0]  # fmt: skip
 
 
 def recall(index: Any, texts: list[str]) -> dict[str, float]:
@@ -198,20 +186,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="keep the artifact and build record of the last run "
                         "(results/large.json) and measure open, latency and recall again")
     args = parser.parse_args(argv)
-    info = {"machine": machine_info(), "versions": library_versions(),
-            "threads": {**THREADS, "faiss_omp": str(faiss_threads(2))}}  # fmt: skip
-    print_environment(info)
+    info = environment({**THREADS, "faiss_omp": str(faiss_threads(2))})
     started = time.perf_counter()
-    catalog = artifact_bench.catalog_path(args.size, make_catalog.DEFAULT_SEED)
+    catalog = catalog_path(args.size, make_catalog.DEFAULT_SEED)
     named = args.index != "auto"
     budget = "none" if named else args.budget
     name = f"large-{make_catalog.size_label(args.size)}-{args.index}" if named else "large"
     doc: dict[str, Any] = {"benchmark": name, "entities": args.size, "budget": budget,
-                           "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                           "started_at": utc_stamp(),
                            "environment": info, "catalog_s": time.perf_counter() - started}
-    out = artifact_bench.artifact_dir(args.size, f"large-{args.index}" if named
-                                      else f"budget-{args.budget}",
-                                      make_catalog.DEFAULT_SEED)  # fmt: skip
+    out = artifact_dir(args.size, f"large-{args.index}" if named else f"budget-{args.budget}",
+                       make_catalog.DEFAULT_SEED)  # fmt: skip
     print(f"{'measuring' if args.measure_only else 'building'} {out.name} ...", flush=True)
     options = ({"index_type": args.index} if named else
                {"target_recall": args.target_recall, "target_top1": args.target_recall})
@@ -225,21 +210,21 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  built in {doc['build']['wall_s'] / 60:.1f} min, peak RSS "
           f"{human_bytes(doc['build']['vm_hwm_bytes'])}", flush=True)  # fmt: skip
     evict(out)
-    doc["open_cold"] = artifact_bench.measure_open(out, 1, 2, doc["build"]["index_bytes"])
-    doc["open"] = artifact_bench.measure_open(out, 5, 2, doc["build"]["index_bytes"])
+    doc["open_cold"] = measure_open(out, 1, 2, doc["build"]["index_bytes"])
+    doc["open"] = measure_open(out, 5, 2, doc["build"]["index_bytes"])
     from novelentitymatcher_faiss import load_index
 
     if args.warm:
         warm(out)
     doc["single_page_cache"] = "warm" if args.warm else "dropped"
     index = load_index(out)
-    rows = sample_rows(catalog, args.size, 20 * args.queries)
-    singles, _ = artifact_bench.typo_queries(rows, args.queries, 8)
+    rows = read_catalog_rows(catalog, step=max(1, args.size // (20 * args.queries)))
+    singles, _ = typo_queries(rows, args.queries, 8)
     index.match(singles[:20])
-    times = artifact_bench.latencies_ms(index.match, singles)
+    times = latencies_ms(index.match, singles)
     doc["single"] = {"queries": len(times), "p50_ms": percentile(times, 50),
                      "p99_ms": percentile(times, 99)}  # fmt: skip
-    texts, _ = artifact_bench.typo_queries(rows, args.queries, 9)
+    texts, _ = typo_queries(rows, args.queries, 9)
     del rows
     doc["recall"] = recall(index, texts)
     print(json.dumps({k: doc[k] for k in ("open", "single", "recall")}, default=str)[:600])
