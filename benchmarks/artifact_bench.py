@@ -705,12 +705,9 @@ def run(cfg: Config, on_size: Callable[[dict[str, Any]], None] | None = None) ->
 
     faiss_threads = common.faiss_threads(cfg.threads)
     library_sha = library_source_hash()
-    info = {
-        "machine": machine,
-        "versions": {**common.library_versions(), "library_sources_sha256": library_sha[:16]},
-        "threads": {**threads, "faiss_omp": str(faiss_threads)},
-    }
-    common.print_environment(info)
+    info = common.environment(
+        {**threads, "faiss_omp": str(faiss_threads)}, machine,
+        {**common.library_versions(), "library_sources_sha256": library_sha[:16]})
     encoder = load_encoder(MODEL, show_progress=False)
     doc: dict[str, Any] = {
         "benchmark": "artifact",

@@ -162,12 +162,24 @@ def print_environment(info: dict[str, Any]) -> None:
               f"{machine['parallel_speedup']}x")  # fmt: skip
 
 
-def environment(threads: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    """``{"machine", "versions", "threads", **extra}`` for a results file, printed first."""
-    info = {"machine": machine_info(), "versions": library_versions(), "threads": threads,
-            **extra}  # fmt: skip
+def environment(
+    threads: dict[str, Any], machine: dict[str, Any] | None = None,
+    versions: dict[str, Any] | None = None, **extra: Any,
+) -> dict[str, Any]:
+    """``{"machine", "versions", "threads", **extra}`` for a results file, printed first;
+    ``machine`` and ``versions`` default to :func:`machine_info` and :func:`library_versions`."""
+    info = {"machine": machine or machine_info(), "versions": versions or library_versions(),
+            "threads": threads, **extra}  # fmt: skip
     print_environment(info)
     return info
+
+
+def environment_line(info: dict[str, Any], ram: bool = False) -> str:
+    """``machine: CPU, N cores[, R GiB]; versions: name version, ...`` of :func:`environment`."""
+    machine = info["machine"]
+    return (f"machine: {machine['cpu_model']}, {machine['usable_cores']} cores"
+            + (f", {machine['ram_gib']} GiB" if ram else "") + "; versions: "
+            + ", ".join(f"{k} {v}" for k, v in info["versions"].items()))  # fmt: skip
 
 
 def utc_stamp() -> str:

@@ -27,6 +27,7 @@ from typing import Any
 from common import (
     RESULTS_DIR,
     environment,
+    environment_line,
     faiss_threads,
     human_bytes,
     latencies_ms,
@@ -141,12 +142,9 @@ def to_markdown(doc: dict[str, Any]) -> str:
              human_bytes(b["artifact_bytes"]), human_bytes(b["index_bytes"]),
              f"{o['open_s'] * 1000:.0f} ms", f"{s['p50_ms']:.2f} / {s['p99_ms']:.2f}",
              f"{r['recall_at_1']:.3f} / {r['r_at_10']:.3f} / {r['recall_10_at_10']:.3f}"]]
-    env = doc["environment"]
     return "\n".join([
         "# Large catalog: build, open, query\n",
-        f"{doc['started_at']}; machine: {env['machine']['cpu_model']}, "
-        f"{env['machine']['usable_cores']} cores, {env['machine']['ram_gib']} GiB; versions: "
-        + ", ".join(f"{k} {v}" for k, v in env["versions"].items()) + ".\n",
+        f"{doc['started_at']}; {environment_line(doc['environment'], ram=True)}.\n",
         "`build_index(catalog, "
         + ", ".join([*([] if doc["budget"] == "none" else
                        [f"index_type='auto', memory_budget='{doc['budget']}'"]),

@@ -33,6 +33,7 @@ from common import (
     RESULTS_DIR,
     batch_qps,
     environment,
+    environment_line,
     faiss_threads,
     markdown_table,
     pin_threads,
@@ -139,7 +140,6 @@ def bench(size: int, kind: str, encoder: Any, repeats: int, work: Path) -> dict[
 
 
 def to_markdown(doc: dict[str, Any]) -> str:
-    env = doc["environment"]
     rows = [[f"{r['entities']:,}", r["kind"], mode, f"+{r['added']:,} / -{r['removed']:,}",
              f"{r['encoded_vectors'][mode]:,}", f"{r['update_s'][mode]:.2f}",
              f"{r['rebuild_s']:.1f}", f"{r['speedup'][mode]:.1f}x",
@@ -149,9 +149,7 @@ def to_markdown(doc: dict[str, Any]) -> str:
             for r in doc["results"] for mode in ("layered", "compacted")]  # fmt: skip
     return "\n".join([
         "# Catalog update against rebuild\n",
-        f"{doc['started_at']}; machine: {env['machine']['cpu_model']}, "
-        f"{env['machine']['usable_cores']} cores; versions: "
-        + ", ".join(f"{k} {v}" for k, v in env["versions"].items()) + ".\n",
+        f"{doc['started_at']}; {environment_line(doc['environment'])}.\n",
         "1% of the catalog changes (every 200th entity removed, as many new real names "
         "added). Update = `update_index`, median of runs: layered (the default at this "
         "size) or compacted into one index (`compact=True`); rebuild = `build_index` of the "
