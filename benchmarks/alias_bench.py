@@ -92,9 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     text = (f"# Training examples as aliases\n\n`{command}`\n\n"
             "Countries (tests/data), upstream's labelled variants, held out per fold by "
             "`holdout_split`.\n\n" + markdown_table(headers, table))
-    paths = write_results("alias", {**info, "folds": folds}, text)
+    write_results("alias", {**info, "folds": folds}, text)
     print(text)
-    print(f"wrote {paths[0]} and {paths[1]}", file=sys.stderr)
     return 0
 
 

@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 import make_catalog  # noqa: E402
 import systems  # noqa: E402
-from catalogs import (  # noqa: E402
+from harness import (  # noqa: E402
     MODEL,
     QUERY_SEED,
     artifact_dir,
@@ -949,10 +949,8 @@ def main(argv: list[str] | None = None) -> int:
         return common.write_results(name, doc, to_markdown(doc))
 
     doc = run(cfg, save)
-    json_path, md_path = save(doc)
+    json_path, _ = save(doc)
     doc = json.loads(json_path.read_text(encoding="utf-8"))
-    print(f"\nwrote {json_path.relative_to(common.REPO_DIR)} and "
-          f"{md_path.relative_to(common.REPO_DIR)}")  # fmt: skip
     for check in doc["checks"]:
         status = {True: "met", False: "NOT met", None: "n/a"}[check["met"]]
         print(f"  {check['target']}: {check['shown']} -> {status} ({check['measured_on']})")

@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     threads = pin_threads(2)
     import make_catalog
-    from catalogs import catalog_path
+    from harness import catalog_path
 
     from novelentitymatcher_faiss.build import TUNING_QUERIES
     from novelentitymatcher_faiss.perturb import one_letter_typo

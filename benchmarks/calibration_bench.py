@@ -32,7 +32,7 @@ from common import REPO_DIR, environment, markdown_table, pin_threads, pyplot, t
 
 THREADS = pin_threads(2)
 
-from catalogs import as_entities, test_catalog  # noqa: E402
+from harness import as_entities, test_catalog  # noqa: E402
 from systems import char_tfidf, rapidfuzz_top1  # noqa: E402
 
 from novelentitymatcher_faiss import build_index  # noqa: E402
@@ -335,8 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.quick:
         plot(results)
     data = {**info, "results": results, "scale_build": scale}
-    paths = write_results(name, data, markdown(results, command, scale))
-    print(f"wrote {paths[0]} and {paths[1]}", file=sys.stderr)
+    write_results(name, data, markdown(results, command, scale))
     return 0
 
 

@@ -1,6 +1,6 @@
 """Shared benchmark helpers: thread pinning, machine and version info, timing, RSS, output.
 
-:mod:`catalogs` holds the shared data (catalogs, typo queries, cached artifacts) and
+:mod:`harness` holds the shared data (catalogs, typo queries, cached artifacts, recall) and
 :mod:`systems` the compared systems.
 
 Import this module before numpy, faiss or the library, and call :func:`pin_threads` first:
@@ -14,6 +14,7 @@ import os
 import platform
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -249,7 +250,8 @@ def human_bytes(size: float) -> str:
 
 
 def write_results(name: str, data: dict[str, Any], markdown: str) -> tuple[Path, Path]:
-    """Write ``results/NAME.json`` and ``results/NAME.md`` atomically; returns both paths."""
+    """Write ``results/NAME.json`` and ``results/NAME.md`` atomically, say so on stderr;
+    returns both paths."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     paths = (RESULTS_DIR / f"{name}.json", RESULTS_DIR / f"{name}.md")
     texts = (json.dumps(data, indent=2, sort_keys=False) + "\n", markdown)
@@ -257,6 +259,8 @@ def write_results(name: str, data: dict[str, Any], markdown: str) -> tuple[Path,
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)
+    shown = [p.relative_to(REPO_DIR) if p.is_relative_to(REPO_DIR) else p for p in paths]
+    print(f"wrote {shown[0]} and {shown[1]}", file=sys.stderr)
     return paths
 
 

@@ -54,7 +54,7 @@ def bucket(entity_id: str) -> int:
 def build(size: int, kind: str, rebuild: bool) -> Path:
     """The cached artifact of the catalog with its ``bucket`` column (vectors kept)."""
     import make_catalog
-    from catalogs import as_entities, catalog_rows
+    from harness import as_entities, catalog_rows
 
     from novelentitymatcher_faiss import build_index
 
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     threads = pin_threads(2)
     import make_catalog
-    from catalogs import QUERY_SEED, catalog_rows, typo_queries
+    from harness import QUERY_SEED, catalog_rows, typo_queries
 
     from novelentitymatcher_faiss import filters, load_index
     from novelentitymatcher_faiss.lexical import featurize

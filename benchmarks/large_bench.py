@@ -34,6 +34,7 @@ from common import (
     markdown_table,
     percentile,
     pin_threads,
+    timed,
     utc_stamp,
     write_results,
 )
@@ -42,7 +43,13 @@ THREADS = pin_threads(2)
 
 import make_catalog  # noqa: E402
 from artifact_bench import measure_open  # noqa: E402
-from catalogs import artifact_dir, catalog_path, read_catalog_rows, typo_queries  # noqa: E402
+from harness import (  # noqa: E402
+    artifact_dir,
+    catalog_path,
+    read_catalog_rows,
+    search_recall,
+    typo_queries,
+)
 
 CHILD = """
 import json, sys, time
@@ -73,22 +80,14 @@ def build(catalog: Path, out: Path, budget: str, options: dict[str, Any]) -> dic
 def recall(index: Any, texts: list[str]) -> dict[str, float]:
     """recall@1, R@10 (exact top-1 among the 10 returned) and 10-recall@10 on ``texts``."""
     from novelentitymatcher_faiss.lexical import featurize
-    from novelentitymatcher_faiss.search import exact_knn, recall_at_k, search
+    from novelentitymatcher_faiss.search import exact_knn
 
     queries = featurize([index._normalize(t, 0) for t in texts], index.encoder, index.lexical)
-    started = time.perf_counter()
-    truth, _ = exact_knn(queries, index.vectors, 10)
-    exact_s = time.perf_counter() - started
-    options = {"vectors": index.vectors, "rerank": index._rerank, "spill": index.spill}
-    _, found = search(index.index, queries, 10, nprobe=index.nprobe, **options)
-    _, first = search(index.index, queries, 1, nprobe=index.nprobe, **options)
-    return {
-        "queries": len(texts),
-        "recall_at_1": recall_at_k(queries, first, truth[:, :1], index.vectors),
-        "r_at_10": recall_at_k(queries, found, truth[:, :1], index.vectors),
-        "recall_10_at_10": recall_at_k(queries, found, truth, index.vectors),
-        "exact_search_s": exact_s,
-    }
+    exact_s, (truth, _) = timed(lambda: exact_knn(queries, index.vectors, 10))
+    return {"queries": len(texts),
+            **search_recall(index.index, queries, truth, index.vectors, index.nprobe,
+                            rerank=index._rerank, spill=index.spill),
+            "exact_search_s": exact_s}  # fmt: skip
 
 
 def evict(folder: Path) -> None:

@@ -38,7 +38,7 @@ from common import (
 
 THREADS = pin_threads(2)
 
-from catalogs import read_csv, test_catalog, unique_aliases  # noqa: E402
+from harness import read_csv, test_catalog, unique_aliases  # noqa: E402
 
 from novelentitymatcher_faiss import build_index  # noqa: E402
 from novelentitymatcher_faiss.lexical import (  # noqa: E402

@@ -42,20 +42,19 @@ from common import (
 def measure(ix: Any, queries: Any, vectors: Any, truth: Any, nprobes: list[int], rerank: int,
             singles: int, spill: int = 1) -> list[dict[str, Any]]:  # fmt: skip
     """Recall and single-query latency of ``ix`` at each nprobe."""
-    from novelentitymatcher_faiss.search import recall_at_k, search
+    from harness import search_recall
+
+    from novelentitymatcher_faiss.search import search
 
     rows = []
     options = {"vectors": vectors, "rerank": rerank, "spill": spill}
-    for nprobe in nprobes:  # truth: exact top-10 scores, best first
-        _, found = search(ix, queries, 10, nprobe=nprobe, **options)
-        _, first = search(ix, queries, 1, nprobe=nprobe, **options)
+    for nprobe in nprobes:  # truth: exact top-10 rows, best first
+        figures = search_recall(ix, queries, truth, vectors, nprobe, rerank=rerank, spill=spill)
         times = latencies_ms(lambda q, n=nprobe: search(ix, q[None], 1, nprobe=n, **options),
                              queries[:singles])  # fmt: skip
         rows.append({
             "nprobe": nprobe,
-            "recall_at_1": recall_at_k(queries, first, truth[:, :1], vectors),
-            "r_at_10": recall_at_k(queries, found, truth[:, :1], vectors),
-            "recall_10_at_10": recall_at_k(queries, found, truth, vectors),
+            **figures,
             "single_p50_ms": statistics.median(times),
             "single_p99_ms": percentile(times, 99),
         })  # fmt: skip
@@ -77,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import faiss
     import make_catalog
-    from catalogs import existing_artifact
+    from harness import existing_artifact
 
     from novelentitymatcher_faiss import load_index
     from novelentitymatcher_faiss.artifact import open_faiss_index

@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import faiss
     import make_catalog
-    from catalogs import QUERY_SEED, catalog_rows, existing_artifact, typo_queries
+    from harness import QUERY_SEED, catalog_rows, existing_artifact, typo_queries
 
     from novelentitymatcher_faiss import load_index
     from novelentitymatcher_faiss.lexical import featurize
@@ -309,8 +309,7 @@ def main(argv: list[str] | None = None) -> int:
                            [[v["quantizer"], f"{v['quantizer_ms']:.3f}", f"{v['search_ms']:.3f}",
                              f"{v[key]:.3f}"] for v in variants]))  # fmt: skip
     name = f"breakdown-{make_catalog.size_label(size).lower()}-{args.kind}"
-    json_path, md_path = write_results(name, doc, markdown)
-    print(f"wrote {json_path} and {md_path}")
+    write_results(name, doc, markdown)
     return 0
 
 

@@ -321,8 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         "summary": summary,
     }
     markdown = render_markdown(data)
-    for path in write_results(name, data, markdown):
-        print(f"wrote {path}")
+    write_results(name, data, markdown)
     return 0
 
 

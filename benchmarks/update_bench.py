@@ -45,7 +45,7 @@ from common import (
 THREADS = pin_threads(2)
 
 import make_catalog  # noqa: E402
-from catalogs import (  # noqa: E402
+from harness import (  # noqa: E402
     MODEL,
     artifact_dir,
     as_entities,
@@ -185,8 +185,7 @@ def main(argv: list[str] | None = None) -> int:
                 doc["results"].append(bench(size, kind, encoder, args.repeats, Path(tmp)))
                 doc["results"].sort(key=lambda r: (r["entities"], r["kind"]))
                 write_results("update", doc, to_markdown(doc))
-    json_path, md_path = write_results("update", doc, to_markdown(doc))
-    print(f"wrote {json_path.name} and {md_path.name}")
+    write_results("update", doc, to_markdown(doc))
     return 0
 
 

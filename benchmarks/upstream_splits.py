@@ -28,7 +28,7 @@ from common import batch_qps, markdown_table, pin_threads, timed, write_results
 THREADS = pin_threads(2)
 
 import systems  # noqa: E402
-from catalogs import as_entities, test_catalog, unique_aliases  # noqa: E402
+from harness import as_entities, test_catalog, unique_aliases  # noqa: E402
 
 ENTITIES, QUERIES, SEED, REPEATS = 120, 40, 0, 200
 PUBLISHED = {"qps": 23_622, "names": 0.95, "typo": 0.725}

@@ -1,9 +1,9 @@
-"""Shared benchmark data: catalogs, typo queries and cached artifacts.
+"""Shared benchmark data and measures: catalogs, typo queries, cached artifacts, recall.
 
 The real-name catalogs of ``make_catalog.py`` (generated once under ``benchmarks/data``),
-the CSV catalogs of ``tests/data``, seeded one-letter-typo queries, and the artifacts of
-the artifact benchmark (``benchmarks/data/artifacts``), rebuilt when the catalog or the
-library's build-path sources change.
+the CSV catalogs of ``tests/data``, seeded one-letter-typo queries, the artifacts of the
+artifact benchmark (``benchmarks/data/artifacts``, rebuilt when the catalog or the
+library's build-path sources change), and recall of a FAISS index against exact search.
 """
 
 from __future__ import annotations
@@ -204,3 +204,18 @@ def unique_aliases(rows: list[dict[str, str]], key: Callable[[str], str]) -> lis
             owners.setdefault(key(alias), set()).add(row["id"])
     return [[a for a in filter(None, row["aliases"].split("|"))
              if len(owners[key(a)]) == 1 and a != row["id"]] for row in rows]  # fmt: skip
+
+
+def search_recall(ix: Any, queries: Any, truth: Any, vectors: Any, nprobe: int,
+                  **options: Any) -> dict[str, float]:  # fmt: skip
+    """recall@1, R@10 (the exact top hit among the 10 returned) and 10-recall@10 of the
+    library's ``search`` over FAISS index ``ix`` for float32 ``queries`` (q, d), against
+    ``truth`` int64 (q, 10), the exact top-10 rows over float32 ``vectors`` (n, d);
+    ``options``: ``search``'s (rerank, spill)."""
+    from novelentitymatcher_faiss.search import recall_at_k, search
+
+    _, found = search(ix, queries, 10, nprobe=nprobe, vectors=vectors, **options)
+    _, first = search(ix, queries, 1, nprobe=nprobe, vectors=vectors, **options)
+    return {"recall_at_1": recall_at_k(queries, first, truth[:, :1], vectors),
+            "r_at_10": recall_at_k(queries, found, truth[:, :1], vectors),
+            "recall_10_at_10": recall_at_k(queries, found, truth, vectors)}  # fmt: skip
