@@ -15,20 +15,11 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 from statistics import mean
 from typing import Any
 
-from common import (
-    REPO_DIR,
-    library_versions,
-    machine_info,
-    markdown_table,
-    pin_threads,
-    print_environment,
-    write_results,
-)
+from common import TEST_DATA, environment, markdown_table, pin_threads, timed, write_results
 
 THREADS = pin_threads(2)
 
@@ -45,8 +36,7 @@ from novelentitymatcher_faiss.train import (  # noqa: E402
     with_examples,
 )
 
-DATA = REPO_DIR / "tests" / "data"
-CATALOG, TRAINING = DATA / "countries.csv", DATA / "country_training_data.csv"
+CATALOG, TRAINING = TEST_DATA / "countries.csv", TEST_DATA / "country_training_data.csv"
 
 
 def fold_rows(fold: int, base_model: str, workdir: Path) -> dict[str, dict[str, float]]:
@@ -62,18 +52,19 @@ def fold_rows(fold: int, base_model: str, workdir: Path) -> dict[str, dict[str, 
                       "others": accuracy(scorer, others)[0], "seconds": seconds}  # fmt: skip
 
     common = {"show_progress": False, "overwrite": True}
-    started = time.perf_counter()
-    score("zero-shot potion-8m", build_index(CATALOG, workdir / "zero", **common),
-          time.perf_counter() - started)  # fmt: skip
-    started = time.perf_counter()
-    aliased, _ = with_examples(CATALOG, train, NormalizerSettings())
-    score("alias baseline: potion-8m + examples as aliases",
-          build_index(aliased, workdir / "alias", **common), time.perf_counter() - started)
+    seconds, index = timed(lambda: build_index(CATALOG, workdir / "zero", **common))
+    score("zero-shot potion-8m", index, seconds)
+
+    def aliased() -> Any:
+        catalog, _ = with_examples(CATALOG, train, NormalizerSettings())
+        return build_index(catalog, workdir / "alias", **common)
+
+    seconds, index = timed(aliased)
+    score("alias baseline: potion-8m + examples as aliases", index, seconds)
     for with_aliases in (False, True):
-        started = time.perf_counter()
-        index = train_index(CATALOG, train, workdir / f"head-{with_aliases}", model=base_model,
-                            mode="head-only", example_aliases=with_aliases, **common)
-        seconds = time.perf_counter() - started
+        seconds, index = timed(lambda a=with_aliases: train_index(
+            CATALOG, train, workdir / f"head-{a}", model=base_model, mode="head-only",
+            example_aliases=a, **common))  # fmt: skip
         suffix = "examples as aliases" if with_aliases else "no aliases"
         for name in ("index", "hybrid", "head"):
             score(f"head-only {base_model}, {suffix} ({name})", scorer_for(index, name), seconds)
@@ -86,8 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--base-model", default="mpnet")
     args = parser.parse_args(argv)
-    info = {"machine": machine_info(), "versions": library_versions(), "threads": THREADS}
-    print_environment(info)
+    info = environment(THREADS)
     with tempfile.TemporaryDirectory() as tmp:
         folds = [fold_rows(fold, args.base_model, Path(tmp)) for fold in args.folds]
     labels = list(folds[0])
@@ -102,9 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     text = (f"# Training examples as aliases\n\n`{command}`\n\n"
             "Countries (tests/data), upstream's labelled variants, held out per fold by "
             "`holdout_split`.\n\n" + markdown_table(headers, table))
-    paths = write_results("alias", {**info, "folds": folds}, text)
+    write_results("alias", {**info, "folds": folds}, text)
     print(text)
-    print(f"wrote {paths[0]} and {paths[1]}", file=sys.stderr)
     return 0
 
 

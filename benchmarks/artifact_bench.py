@@ -19,11 +19,8 @@ draws the PNGs of ``docs/benchmarks.md`` from the results.
 from __future__ import annotations
 
 import argparse
-import csv
-import hashlib
 import json
 import os
-import random
 import statistics
 import subprocess
 import sys
@@ -39,8 +36,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 import make_catalog  # noqa: E402
 import systems  # noqa: E402
+from harness import (  # noqa: E402
+    MODEL,
+    QUERY_SEED,
+    artifact_dir,
+    catalog_path,
+    ensure_artifact,
+    library_source_hash,
+    read_catalog_rows,
+    sha256_file,
+    typo_queries,
+)
 
-MODEL = "potion-8m"
 DEFAULT_SIZES = (1_000, 100_000, 1_000_000)
 QUICK_SIZES = (1_000, 20_000)
 INDEX_KINDS = ("flat", "ivf", "ivf-fp16", "ivf-sq8", "ivf-pq", "hnsw", "auto")
@@ -49,7 +56,6 @@ APPROX_KINDS = QUERY_KINDS[1:]
 #: Our HNSW artifact is built only up to this many entities (its build grows as n log n:
 #: minutes at 100k on two cores); vicinity's HNSW backend has the same cap.
 HNSW_MAX_ENTITIES = 100_000
-QUERY_SEED = 7
 #: Above this many entities upstream runs on a subset of the batch queries (O(N) per query).
 UPSTREAM_FULL_MAX_ENTITIES = 100_000
 #: vicinity's HNSW backend is built only up to this many entities (its build is slow here).
@@ -89,142 +95,7 @@ class Config:
     seed: int = make_catalog.DEFAULT_SEED
 
 
-# ------------------------------------------------------------------------------ data
-
-
-def catalog_path(size: int, seed: int) -> Path:
-    """The catalog CSV for ``size`` entities, generated if missing."""
-    suffix = "" if seed == make_catalog.DEFAULT_SEED else f"-seed{seed}"
-    path = common.DATA_DIR / f"names-{make_catalog.size_label(size)}{suffix}.csv"
-    if not path.exists():
-        started = time.perf_counter()
-        make_catalog.write_catalog(path, size, seed)
-        print(f"  generated {path.name} in {time.perf_counter() - started:.1f} s")
-    return path
-
-
-def read_catalog_rows(path: Path) -> list[tuple[str, str, list[str]]]:
-    """(id, name, aliases) for every row of a catalog CSV."""
-    with open(path, encoding="utf-8", newline="") as handle:
-        reader = csv.reader(handle)
-        next(reader)
-        return [(row[0], row[1], [a for a in row[2].split("|") if a]) for row in reader]
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file."""
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
-
-
-#: Library modules that never run during a build: changing them keeps built artifacts.
-QUERY_ONLY_MODULES = frozenset({"cli.py", "match_index.py", "matcher.py", "train.py"})
-
-
-def library_source_hash() -> str:
-    """sha256 over the library's build-path sources: artifacts built by other code are rebuilt.
-
-    Covers every module but :data:`QUERY_ONLY_MODULES`.
-    """
-    import novelentitymatcher_faiss
-
-    root = Path(novelentitymatcher_faiss.__file__).parent
-    digest = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*.py") if p.name not in QUERY_ONLY_MODULES):
-        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()
-
-
-def typo_queries(
-    rows: list[tuple[str, str, list[str]]], count: int, seed: int
-) -> tuple[list[str], list[str]]:
-    """``count`` one-letter-typo versions of random entity names, and their entity ids."""
-    from novelentitymatcher_faiss.perturb import one_letter_typo
-
-    rng = random.Random(seed)
-    texts, ids = [], []
-    while len(texts) < count:
-        entity_id, name, _ = rows[rng.randrange(len(rows))]
-        typo = one_letter_typo(name, rng)
-        if typo != name:
-            texts.append(typo)
-            ids.append(entity_id)
-    return texts, ids
-
-
 # ------------------------------------------------------------------------------ build
-
-
-def artifact_dir(size: int, kind: str, seed: int) -> Path:
-    """Where the artifact for (size, kind) lives."""
-    suffix = "" if seed == make_catalog.DEFAULT_SEED else f"-seed{seed}"
-    label = make_catalog.size_label(size)
-    return common.DATA_DIR / "artifacts" / f"names-{label}{suffix}-{kind}"
-
-
-def ensure_artifact(
-    catalog: Path, stamp: dict[str, str], path: Path, kind: str, encoder: Any, rebuild: bool,
-    reuse: bool = False,
-) -> dict[str, Any]:
-    """Build the artifact unless one exists with the same ``stamp``; return its figures.
-
-    ``stamp`` (catalog and library source hashes) is stored in the manifest under
-    ``"benchmark"``, so a changed catalog or library means a rebuild; with ``reuse`` an
-    artifact of the same catalog built by other library sources is kept (the figures
-    record which sources built it).
-    """
-    from novelentitymatcher_faiss import build_index
-    from novelentitymatcher_faiss.artifact import read_manifest
-
-    manifest = None
-    if path.exists() and not rebuild:
-        try:
-            manifest = read_manifest(path)
-        except Exception:  # an unreadable leftover is simply rebuilt
-            manifest = None
-        built_by = (manifest or {}).get("benchmark") or {}
-        same_catalog = built_by.get("catalog_sha256") == stamp["catalog_sha256"]
-        if manifest and built_by != stamp and not (reuse and same_catalog):
-            manifest = None
-    reused = manifest is not None
-    if manifest is None:
-        print(f"  building {path.name} ...", flush=True)
-        build_index(
-            catalog,
-            path,
-            model=MODEL,
-            index_type=kind,
-            show_progress=False,
-            overwrite=True,
-            encoder=encoder,
-            extra_manifest={"benchmark": stamp},
-        )
-        manifest = read_manifest(path)
-    info = manifest["index"]
-    files = manifest["files"]
-    index_bytes = files["index.faiss"]["size"]
-    total = (
-        sum(record["size"] for record in files.values()) + (path / "manifest.json").stat().st_size
-    )
-    tuning = info.get("nprobe_tuning") or info.get("ef_search_tuning") or []
-    return {
-        "requested": kind,
-        "type": info["type"],
-        "factory": info["factory"],
-        "nlist": info.get("nlist") or None,
-        "nprobe": info.get("nprobe"),
-        "ef_search": info.get("ef_search"),
-        "index_dim": manifest.get("index_dim", manifest["model"]["dim"]),
-        "lexical": manifest.get("lexical"),
-        "tuned_recall": tuning[-1] if tuning else None,
-        "build_s": manifest["build_seconds"],
-        "reused": reused,
-        "built_by_library_sha256": (manifest.get("benchmark") or {}).get("library_sha256", "")[:16],
-        "artifact_bytes": total,
-        "index_bytes": index_bytes,
-        "entities": manifest["counts"]["entities"],
-        "vectors": manifest["counts"]["vectors"],
-    }
 
 
 def derived_auto(builds: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -301,20 +172,10 @@ def measure_open(path: Path, runs: int, threads: int, index_bytes: int) -> dict[
 # ------------------------------------------------------------------------------ queries
 
 
-def latencies_ms(call: Callable[[str], Any], texts: list[str]) -> list[float]:
-    """Wall time of ``call(text)`` for each text, in milliseconds."""
-    times = []
-    for text in texts:
-        start = time.perf_counter_ns()
-        call(text)
-        times.append((time.perf_counter_ns() - start) / 1e6)
-    return times
-
-
 def affordable(call: Callable[[str], Any], texts: list[str], wanted: int, budget_s: float) -> int:
     """How many single queries fit in ``budget_s`` (at least 100), judged on a warm-up."""
     warm = texts[:50]
-    per_query = sum(latencies_ms(call, warm)) / 1000 / len(warm)
+    per_query = sum(common.latencies_ms(call, warm)) / 1000 / len(warm)
     return int(min(wanted, max(100, budget_s / per_query)))
 
 
@@ -324,12 +185,12 @@ def measure_single(call: Callable[[str], Any], queries: list[str], cfg: Config) 
     A round has ``cfg.single_queries`` queries, fewer when the warm-up shows a round would
     exceed ``cfg.single_round_budget_s`` (exact search on large catalogs).
     """
-    latencies_ms(call, queries[: cfg.single_warmup])
+    common.latencies_ms(call, queries[: cfg.single_warmup])
     count = affordable(call, queries, cfg.single_queries, cfg.single_round_budget_s)
     rounds = []
     for r in range(cfg.repeats):
         chunk = [queries[(r * count + i) % len(queries)] for i in range(count)]
-        times = latencies_ms(call, chunk)
+        times = common.latencies_ms(call, chunk)
         rounds.append((common.percentile(times, 50), common.percentile(times, 99)))
     return {
         "queries_per_round": count,
@@ -414,7 +275,7 @@ def recall_and_sweep(
             return ivf.match(text, nprobe=nprobe)
 
         count = affordable(call, singles, cfg.sweep_queries, cfg.single_round_budget_s / 2)
-        times = latencies_ms(call, singles[:count])
+        times = common.latencies_ms(call, singles[:count])
         sweep.append({
             "nprobe": nprobe,
             "stored": nprobe == ivf.nprobe,
@@ -624,8 +485,8 @@ def paired_single(
 ) -> dict[str, Any]:
     """Single-query p50 of ours and the floor timed back to back on each query (order
     alternating), so machine noise hits both alike; medians over ``cfg.repeats`` rounds."""
-    latencies_ms(mine.single, texts[: cfg.single_warmup])
-    latencies_ms(floor.single, texts[: cfg.single_warmup])
+    common.latencies_ms(mine.single, texts[: cfg.single_warmup])
+    common.latencies_ms(floor.single, texts[: cfg.single_warmup])
     count = min(affordable(mine.single, texts, cfg.single_queries, cfg.single_round_budget_s),
                 affordable(floor.single, texts, cfg.single_queries,
                            cfg.single_round_budget_s))  # fmt: skip
@@ -635,11 +496,11 @@ def paired_single(
         for i in range(count):
             text = texts[(r * count + i) % len(texts)]
             if i % 2:
-                ours_ms += latencies_ms(mine.single, [text])
-                floor_ms += latencies_ms(floor.single, [text])
+                ours_ms += common.latencies_ms(mine.single, [text])
+                floor_ms += common.latencies_ms(floor.single, [text])
             else:
-                floor_ms += latencies_ms(floor.single, [text])
-                ours_ms += latencies_ms(mine.single, [text])
+                floor_ms += common.latencies_ms(floor.single, [text])
+                ours_ms += common.latencies_ms(mine.single, [text])
         rounds.append((common.percentile(ours_ms, 50), common.percentile(floor_ms, 50)))
     ours_p50 = statistics.median(a for a, _ in rounds)
     floor_p50 = statistics.median(b for _, b in rounds)
@@ -844,12 +705,9 @@ def run(cfg: Config, on_size: Callable[[dict[str, Any]], None] | None = None) ->
 
     faiss_threads = common.faiss_threads(cfg.threads)
     library_sha = library_source_hash()
-    info = {
-        "machine": machine,
-        "versions": {**common.library_versions(), "library_sources_sha256": library_sha[:16]},
-        "threads": {**threads, "faiss_omp": str(faiss_threads)},
-    }
-    common.print_environment(info)
+    info = common.environment(
+        {**threads, "faiss_omp": str(faiss_threads)}, machine,
+        {**common.library_versions(), "library_sources_sha256": library_sha[:16]})
     encoder = load_encoder(MODEL, show_progress=False)
     doc: dict[str, Any] = {
         "benchmark": "artifact",
@@ -1091,10 +949,8 @@ def main(argv: list[str] | None = None) -> int:
         return common.write_results(name, doc, to_markdown(doc))
 
     doc = run(cfg, save)
-    json_path, md_path = save(doc)
+    json_path, _ = save(doc)
     doc = json.loads(json_path.read_text(encoding="utf-8"))
-    print(f"\nwrote {json_path.relative_to(common.REPO_DIR)} and "
-          f"{md_path.relative_to(common.REPO_DIR)}")  # fmt: skip
     for check in doc["checks"]:
         status = {True: "met", False: "NOT met", None: "n/a"}[check["met"]]
         print(f"  {check['target']}: {check['shown']} -> {status} ({check['measured_on']})")

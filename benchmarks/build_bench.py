@@ -31,15 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import (
-    faiss_threads,
-    library_versions,
-    machine_info,
-    markdown_table,
-    pin_threads,
-    print_environment,
-    write_results,
-)
+from common import environment, faiss_threads, markdown_table, pin_threads, write_results
 
 
 def floor_texts(path: Path) -> list[str]:
@@ -202,15 +194,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     threads = pin_threads(2)
     import make_catalog
-    from artifact_bench import catalog_path
+    from harness import catalog_path
 
     from novelentitymatcher_faiss.build import TUNING_QUERIES
     from novelentitymatcher_faiss.perturb import one_letter_typo
     from novelentitymatcher_faiss.sources import fetch_model
 
-    info = {"machine": machine_info(), "versions": library_versions(), "threads": threads,
-            "faiss_threads": faiss_threads(2)}  # fmt: skip
-    print_environment(info)
+    info = environment(threads, faiss_threads=faiss_threads(2))
     catalog = catalog_path(make_catalog.parse_size(args.size), make_catalog.DEFAULT_SEED)
     model_path = fetch_model("potion-8m", show_progress=False)
     rng = random.Random(0)
@@ -234,5 +224,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     sys.exit(main())

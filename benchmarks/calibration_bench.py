@@ -19,28 +19,21 @@ reliability plot (docs/img/calibration-reliability.png).
 from __future__ import annotations
 
 import argparse
-import csv
 import random
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from statistics import median
 from typing import Any
 
 import numpy as np
-from common import (
-    REPO_DIR,
-    library_versions,
-    machine_info,
-    markdown_table,
-    pin_threads,
-    print_environment,
-    write_results,
-)
+from common import REPO_DIR, environment, markdown_table, pin_threads, pyplot, timed, write_results
 
 THREADS = pin_threads(2)
+
+from harness import as_entities, test_catalog  # noqa: E402
+from systems import char_tfidf, rapidfuzz_top1  # noqa: E402
 
 from novelentitymatcher_faiss import build_index  # noqa: E402
 from novelentitymatcher_faiss.calibration import (  # noqa: E402
@@ -93,8 +86,7 @@ def _sample(rows: list[Entity], size: int, seed: int) -> list[Entity]:
 
 
 def _csv_catalog(name: str) -> list[Entity]:
-    with open(REPO_DIR / "tests" / "data" / f"{name}.csv", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
+    rows = test_catalog(name)
     return _dedupe([{"id": r["id"], "name": r["name"],
                      "aliases": [a for a in r["aliases"].split("|") if a and a != r["id"]]}
                     for r in rows])  # fmt: skip
@@ -147,71 +139,6 @@ def query_set(kept: list[Entity], held: list[Entity], seed: int) -> list[dict[st
     return queries
 
 
-def char_tfidf(kept: list[Entity]) -> Callable[[list[str]], tuple[list[str], np.ndarray]]:
-    """A char 2-4-gram TF-IDF (smoothed idf, l2 rows) over every name and alias:
-    queries -> (top-1 entity ids, cosines float (q,))."""
-    from scipy import sparse
-
-    texts, owners = [], []
-    for entity in kept:
-        for text in (entity["name"], *entity.get("aliases", [])):
-            texts.append(text)
-            owners.append(entity["id"])
-    vocab: dict[str, int] = {}
-
-    def grams(text: str) -> list[str]:
-        padded = f" {' '.join(text.casefold().split())} "
-        return [padded[i : i + n] for n in (2, 3, 4) for i in range(len(padded) - n + 1)]
-
-    def matrix(items: list[str], grow: bool) -> Any:
-        rows, cols = [], []
-        for r, text in enumerate(items):
-            for gram in grams(text):
-                col = vocab.setdefault(gram, len(vocab)) if grow else vocab.get(gram)
-                if col is not None:
-                    rows.append(r)
-                    cols.append(col)
-        data = np.ones(len(rows), dtype=np.float32)
-        return sparse.csr_matrix((data, (rows, cols)), shape=(len(items), len(vocab)))
-
-    catalog = matrix(texts, True)
-    df = np.bincount(catalog.indices, minlength=len(vocab))
-    idf = np.log((1 + len(texts)) / (1 + df)) + 1
-
-    def weigh(m: Any) -> Any:
-        m = m @ sparse.diags(idf.astype(np.float32))
-        norms = np.sqrt(m.multiply(m).sum(axis=1)).A.ravel()
-        return sparse.diags(1 / np.maximum(norms, 1e-9)) @ m
-
-    catalog = weigh(catalog).T.tocsr()
-
-    def top1(queries: list[str]) -> tuple[list[str], np.ndarray]:
-        scores = (weigh(matrix(queries, False)) @ catalog).toarray()
-        best = scores.argmax(axis=1)
-        return [owners[b] for b in best], scores[np.arange(len(queries)), best]
-
-    return top1
-
-
-def rapidfuzz_top1(kept: list[Entity]) -> Callable[[list[str]], tuple[list[str], np.ndarray]]:
-    """rapidfuzz ``WRatio`` (default processor: case-folded) over every name and alias."""
-    from rapidfuzz import fuzz, process, utils
-
-    texts, owners = [], []
-    for entity in kept:
-        for text in (entity["name"], *entity.get("aliases", [])):
-            texts.append(text)
-            owners.append(entity["id"])
-
-    def top1(queries: list[str]) -> tuple[list[str], np.ndarray]:
-        scores = process.cdist(queries, texts, scorer=fuzz.WRatio, processor=utils.default_process,
-                               workers=2, dtype=np.uint8)  # fmt: skip
-        best = scores.argmax(axis=1)
-        return [owners[b] for b in best], scores[np.arange(len(queries)), best] / 100.0
-
-    return top1
-
-
 def figures(score: np.ndarray, right: np.ndarray, inside: np.ndarray, cut: float) -> dict:
     """AUROCs of ``score`` for right answers and for in-catalog queries, and the shares of
     in- and out-of-catalog queries and of right top answers answered at ``cut``."""
@@ -242,10 +169,9 @@ def timed_builds(kept: list[Entity], workdir: Path, runs: int) -> dict[str, floa
     stage_growth = []
     for run in range(runs):
         for calibrate in (False, True) if run % 2 == 0 else (True, False):
-            start = time.perf_counter()
-            built = build_index(kept, workdir / f"t{int(calibrate)}", overwrite=True,
-                                show_progress=False, calibrate=calibrate)  # fmt: skip
-            seconds[calibrate].append(time.perf_counter() - start)
+            took, built = timed(lambda c=calibrate: build_index(
+                kept, workdir / f"t{int(c)}", overwrite=True, show_progress=False, calibrate=c))
+            seconds[calibrate].append(took)
             if calibrate:
                 stages = built.manifest["build_stages"]
                 stage_growth.append(stages["calibrate"] / (sum(stages.values())
@@ -259,7 +185,7 @@ def scale_builds(size: int, workdir: Path, runs: int) -> dict[str, Any]:
     """:func:`timed_builds` on a ``size``-entity real-name catalog (``make_catalog``)."""
     import make_catalog
 
-    entities = [{"id": i, "name": n, "aliases": a} for i, n, a in make_catalog.generate(size)]
+    entities = as_entities(make_catalog.generate(size))
     return {"entities": size, **timed_builds(entities, workdir, runs)}
 
 
@@ -275,12 +201,9 @@ def evaluate(name: str, entities: list[Entity], workdir: Path, runs: int) -> dic
     inside = np.array([q["inside"] for q in queries])
     raw_s, with_s = [], []
     for _ in range(runs):  # alternating: raw hits, then confidence on every hit (no cut)
-        start = time.perf_counter()
-        index.match(texts, top_k=1, threshold=None)
-        raw_s.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        hits = index.match(texts, top_k=1, threshold=0.0)
-        with_s.append(time.perf_counter() - start)
+        raw_s.append(timed(lambda: index.match(texts, top_k=1, threshold=None))[0])
+        took, hits = timed(lambda: index.match(texts, top_k=1, threshold=0.0))
+        with_s.append(took)
     systems = {"library": ([h["id"] if h else None for h in hits],
                            np.array([h["confidence"] if h else 0.0 for h in hits]),
                            DEFAULT_THRESHOLD),
@@ -316,11 +239,7 @@ def evaluate(name: str, entities: list[Entity], workdir: Path, runs: int) -> dic
 
 
 def plot(results: list[dict[str, Any]]) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 5.5))
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect")
     for result in results:
@@ -395,8 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale-runs", type=int, default=5, help="build runs at that size")
     args = parser.parse_args(argv)
     runs = 1 if args.quick else args.runs
-    info = {"machine": machine_info(), "versions": library_versions(), "threads": THREADS}
-    print_environment(info)
+    info = environment(THREADS)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, load in catalogs(args.quick).items():
@@ -417,8 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.quick:
         plot(results)
     data = {**info, "results": results, "scale_build": scale}
-    paths = write_results(name, data, markdown(results, command, scale))
-    print(f"wrote {paths[0]} and {paths[1]}", file=sys.stderr)
+    write_results(name, data, markdown(results, command, scale))
     return 0
 
 

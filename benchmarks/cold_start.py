@@ -30,63 +30,51 @@ import sys
 import time
 from pathlib import Path
 
-from common import (
-    DATA_DIR,
-    library_versions,
-    machine_info,
-    markdown_table,
-    pin_threads,
-    print_environment,
-    write_results,
-)
+from common import DATA_DIR, environment, markdown_table, median_seconds, pin_threads, write_results
 
-FLOOR = r"""
-import sys, time
-start = time.perf_counter()
+
+def probe(imports: str, opening: str, answer: str) -> str:
+    """Code for a fresh process that runs ``imports``, ``opening`` and ``answer`` and prints
+    the seconds of each and their total (:data:`STAGES`)."""
+    return "\n".join([
+        "import sys, time", "start = time.perf_counter()", imports.strip(),
+        "imported = time.perf_counter()", opening.strip(), "opened = time.perf_counter()",
+        answer.strip(), "done = time.perf_counter()",
+        "print(imported - start, opened - imported, done - opened, done - start)",
+    ])  # fmt: skip
+
+
+READ_INDEX = "faiss.read_index(sys.argv[2], faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY)"
+FLOOR = probe("""
 import faiss
 import numpy as np
 from model2vec import StaticModel
-imported = time.perf_counter()
+""", f"""
 model = StaticModel.from_pretrained(sys.argv[1])
-index = faiss.read_index(sys.argv[2], faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY)
-opened = time.perf_counter()
+index = {READ_INDEX}
+""", """
 vector = model.encode(["hofman logistics"])
 query = np.zeros((1, index.d), dtype="float32")  # the dense part; lexical left at zero
 query[0, : vector.shape[1]] = vector[0]
 index.search(query, 1)
-done = time.perf_counter()
-print(imported - start, opened - imported, done - opened, done - start)
-"""
-RAW = r"""
-import sys, time
-start = time.perf_counter()
+""")
+RAW = probe("""
 import faiss
 import numpy as np
 from safetensors.numpy import load_file
 from tokenizers import Tokenizer
-imported = time.perf_counter()
+""", f"""
 tokenizer = Tokenizer.from_file(sys.argv[1] + "/tokenizer.json")
 embeddings = load_file(sys.argv[1] + "/model.safetensors")["embeddings"]
-index = faiss.read_index(sys.argv[2], faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY)
-opened = time.perf_counter()
+index = {READ_INDEX}
+""", """
 ids = tokenizer.encode("hofman logistics", add_special_tokens=False).ids
 query = np.zeros((1, index.d), dtype="float32")
 query[0, : embeddings.shape[1]] = embeddings[ids].mean(axis=0)
 index.search(query, 1)
-done = time.perf_counter()
-print(imported - start, opened - imported, done - opened, done - start)
-"""
-LIBRARY = r"""
-import sys, time
-start = time.perf_counter()
-from novelentitymatcher_faiss import load_index
-imported = time.perf_counter()
-index = load_index(sys.argv[1])
-opened = time.perf_counter()
-index.match("hofman logistics")
-done = time.perf_counter()
-print(imported - start, opened - imported, done - opened, done - start)
-"""
+""")
+LIBRARY = probe("from novelentitymatcher_faiss import load_index",
+                "index = load_index(sys.argv[1])", 'index.match("hofman logistics")')
 STAGES = ("import", "open", "first answer", "total")
 
 
@@ -102,14 +90,10 @@ def fresh(code: str, args: list[str], runs: int) -> dict[str, float]:
 
 def cli_wall(artifact: Path, runs: int) -> float:
     """Median wall ms of ``nem-faiss query ARTIFACT TEXT`` in a fresh process."""
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "novelentitymatcher_faiss.cli", "query",
-                        str(artifact), "hofman logistics"], capture_output=True,
-                       check=True)  # fmt: skip
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+    command = [sys.executable, "-m", "novelentitymatcher_faiss.cli", "query", str(artifact),
+               "hofman logistics"]  # fmt: skip
+    return median_seconds(lambda: subprocess.run(command, capture_output=True, check=True),
+                          runs)[0] * 1e3  # fmt: skip
 
 
 def served(artifact: Path, requests: int = 200, max_batch: int = 256) -> dict[str, float]:
@@ -179,8 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     threads = pin_threads(2)
     from novelentitymatcher_faiss.sources import fetch_model
 
-    info = {"machine": machine_info(), "versions": library_versions(), "threads": threads}
-    print_environment(info)
+    info = environment(threads)
     model = fetch_model("potion-8m", show_progress=False)
     floor = fresh(FLOOR, [str(model), str(args.artifact / "index.faiss")], args.runs)
     raw = fresh(RAW, [str(model), str(args.artifact / "index.faiss")], args.runs)
@@ -217,5 +200,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     sys.exit(main())

@@ -1,5 +1,8 @@
 """Shared benchmark helpers: thread pinning, machine and version info, timing, RSS, output.
 
+:mod:`harness` holds the shared data (catalogs, typo queries, cached artifacts, recall) and
+:mod:`systems` the compared systems.
+
 Import this module before numpy, faiss or the library, and call :func:`pin_threads` first:
 the thread-count environment variables only take effect if set before those imports.
 """
@@ -11,6 +14,7 @@ import os
 import platform
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -20,6 +24,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
 DATA_DIR = BENCH_DIR / "data"
 RESULTS_DIR = BENCH_DIR / "results"
+TEST_DATA = REPO_DIR / "tests" / "data"
 _THREAD_VARS = (
     "OMP_NUM_THREADS",
     "OPENBLAS_NUM_THREADS",
@@ -158,6 +163,31 @@ def print_environment(info: dict[str, Any]) -> None:
               f"{machine['parallel_speedup']}x")  # fmt: skip
 
 
+def environment(
+    threads: dict[str, Any], machine: dict[str, Any] | None = None,
+    versions: dict[str, Any] | None = None, **extra: Any,
+) -> dict[str, Any]:
+    """``{"machine", "versions", "threads", **extra}`` for a results file, printed first;
+    ``machine`` and ``versions`` default to :func:`machine_info` and :func:`library_versions`."""
+    info = {"machine": machine or machine_info(), "versions": versions or library_versions(),
+            "threads": threads, **extra}  # fmt: skip
+    print_environment(info)
+    return info
+
+
+def environment_line(info: dict[str, Any], ram: bool = False) -> str:
+    """``machine: CPU, N cores[, R GiB]; versions: name version, ...`` of :func:`environment`."""
+    machine = info["machine"]
+    return (f"machine: {machine['cpu_model']}, {machine['usable_cores']} cores"
+            + (f", {machine['ram_gib']} GiB" if ram else "") + "; versions: "
+            + ", ".join(f"{k} {v}" for k, v in info["versions"].items()))  # fmt: skip
+
+
+def utc_stamp() -> str:
+    """The current UTC time as ``2024-06-01T12:00:00Z``."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
 def rss_bytes() -> dict[str, int]:
     """VmRSS, RssAnon and RssFile of this process in bytes (from /proc/self/status)."""
     status = _read_key_values("/proc/self/status")
@@ -181,6 +211,24 @@ def median_seconds(func: Callable[[], Any], repeats: int) -> tuple[float, list[f
     return statistics.median(runs), runs
 
 
+def latencies_ms(call: Callable[[Any], Any], inputs: Sequence[Any]) -> list[float]:
+    """Wall time of ``call(x)`` for each input, in milliseconds."""
+    times = []
+    for item in inputs:
+        start = time.perf_counter_ns()
+        call(item)
+        times.append((time.perf_counter_ns() - start) / 1e6)
+    return times
+
+
+def batch_qps(call: Callable[[Any], Any], texts: Sequence[Any], runs: int = 3,
+              warm: int = 50) -> float:  # fmt: skip
+    """Median queries per second of ``call(texts)`` over ``runs`` calls, after one warm-up
+    call on ``texts[:warm]``."""
+    call(texts[:warm])
+    return len(texts) / median_seconds(lambda: call(texts), runs)[0]
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     """The ``q``-th percentile (0..100) with linear interpolation, as numpy's default."""
     ordered = sorted(values)
@@ -202,7 +250,8 @@ def human_bytes(size: float) -> str:
 
 
 def write_results(name: str, data: dict[str, Any], markdown: str) -> tuple[Path, Path]:
-    """Write ``results/NAME.json`` and ``results/NAME.md`` atomically; returns both paths."""
+    """Write ``results/NAME.json`` and ``results/NAME.md`` atomically, say so on stderr;
+    returns both paths."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     paths = (RESULTS_DIR / f"{name}.json", RESULTS_DIR / f"{name}.md")
     texts = (json.dumps(data, indent=2, sort_keys=False) + "\n", markdown)
@@ -210,7 +259,19 @@ def write_results(name: str, data: dict[str, Any], markdown: str) -> tuple[Path,
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)
+    shown = [p.relative_to(REPO_DIR) if p.is_relative_to(REPO_DIR) else p for p in paths]
+    print(f"wrote {shown[0]} and {shown[1]}", file=sys.stderr)
     return paths
+
+
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the Agg backend (PNG files, no display)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

@@ -26,19 +26,18 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 import zlib
 from pathlib import Path
 from typing import Any
 
 from common import (
     DATA_DIR,
+    environment,
     faiss_threads,
-    library_versions,
-    machine_info,
+    latencies_ms,
     markdown_table,
     pin_threads,
-    print_environment,
+    timed,
     write_results,
 )
 
@@ -54,8 +53,8 @@ def bucket(entity_id: str) -> int:
 
 def build(size: int, kind: str, rebuild: bool) -> Path:
     """The cached artifact of the catalog with its ``bucket`` column (vectors kept)."""
-    import artifact_bench
     import make_catalog
+    from harness import as_entities, catalog_rows
 
     from novelentitymatcher_faiss import build_index
 
@@ -63,13 +62,10 @@ def build(size: int, kind: str, rebuild: bool) -> Path:
     path = DATA_DIR / "artifacts" / f"filter-names-{label}-{kind}"
     if (path / "manifest.json").exists() and not rebuild:
         return path
-    rows = artifact_bench.read_catalog_rows(
-        artifact_bench.catalog_path(size, make_catalog.DEFAULT_SEED)
-    )
-    entities = [{"id": i, "name": n, "aliases": a, "bucket": bucket(i)} for i, n, a in rows]
-    started = time.perf_counter()
-    build_index(entities, path, index_type=kind, keep_vectors=True, overwrite=True)
-    print(f"  built {path.name} in {time.perf_counter() - started:.0f} s")
+    entities = as_entities(catalog_rows(size), bucket=bucket)
+    seconds, _ = timed(lambda: build_index(entities, path, index_type=kind, keep_vectors=True,
+                                           overwrite=True))  # fmt: skip
+    print(f"  built {path.name} in {seconds:.0f} s")
     return path
 
 
@@ -102,15 +98,11 @@ def recall(hits: list[list[dict[str, Any]]], ids: list[list[str]], best: list[fl
 
 def timings(call: Any, texts: list[str], rounds: int) -> dict[str, float]:
     """Batch q/s (two threads) and single-query p50 ms (one thread), medians over rounds."""
-    from artifact_bench import latencies_ms
-
     qps, p50 = [], []
     call(texts[:8])
     for _ in range(rounds):
         faiss_threads(2)
-        start = time.perf_counter()
-        call(texts)
-        qps.append(len(texts) / (time.perf_counter() - start))
+        qps.append(len(texts) / timed(lambda: call(texts))[0])
         faiss_threads(1)
         p50.append(statistics.median(latencies_ms(lambda t: call([t]), texts[:100])))
     faiss_threads(2)
@@ -125,8 +117,6 @@ def path_sweep(index: Any, texts: list[str], rounds: int) -> list[dict[str, Any]
     """Per-query ms of the selector and exact-scan paths, one query at a time (p50 of 30)
     and in batches of ``SWEEP_BATCH``, at each of ``SWEEP_SHARES``: where the library's
     ``EXACT_SCAN_MAX_ROWS`` and ``EXACT_SCAN_BATCH_MAX_ROWS`` come from."""
-    from artifact_bench import latencies_ms
-
     from novelentitymatcher_faiss import filters
 
     saved = filters.EXACT_SCAN_MAX_ROWS, filters.EXACT_SCAN_BATCH_MAX_ROWS
@@ -144,11 +134,9 @@ def path_sweep(index: Any, texts: list[str], rounds: int) -> list[dict[str, Any]
             faiss_threads(1)
             single = [statistics.median(latencies_ms(one, texts[:30])) for _ in range(rounds)]
             faiss_threads(2)
-            batch = []
-            for _ in range(rounds):
-                start = time.perf_counter()
-                index.match(texts[:SWEEP_BATCH], top_k=TOP_K, where=where)
-                batch.append((time.perf_counter() - start) * 1e3 / SWEEP_BATCH)
+            batch = [timed(lambda w=where: index.match(texts[:SWEEP_BATCH], top_k=TOP_K,
+                                                       where=w))[0] * 1e3 / SWEEP_BATCH
+                     for _ in range(rounds)]  # fmt: skip
             figures[f"{name}_single_ms"] = statistics.median(single)
             figures[f"{name}_batch_ms_per_query"] = statistics.median(batch)
         filters.EXACT_SCAN_MAX_ROWS, filters.EXACT_SCAN_BATCH_MAX_ROWS = saved
@@ -168,21 +156,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="only time both paths at more shares (one query, and batches)")
     args = parser.parse_args(argv)
     threads = pin_threads(2)
-    import artifact_bench
     import make_catalog
+    from harness import QUERY_SEED, catalog_rows, typo_queries
 
     from novelentitymatcher_faiss import filters, load_index
     from novelentitymatcher_faiss.lexical import featurize
     from novelentitymatcher_faiss.normalize import normalize_text
 
-    info = {"machine": machine_info(), "versions": library_versions(), "threads": threads}
-    print_environment(info)
+    info = environment(threads)
     size = make_catalog.parse_size(args.size)
     index = load_index(build(size, args.kind, args.rebuild))
-    rows = artifact_bench.read_catalog_rows(
-        artifact_bench.catalog_path(size, make_catalog.DEFAULT_SEED)
-    )
-    texts, _ = artifact_bench.typo_queries(rows, args.queries, artifact_bench.QUERY_SEED + 3)
+    texts, _ = typo_queries(catalog_rows(size), args.queries, QUERY_SEED + 3)
     vectors = featurize([normalize_text(t, index.normalizer) for t in texts], index.encoder,
                         index.lexical)  # fmt: skip
     print(f"  {index!r}, nprobe {index.nprobe}")
@@ -263,5 +247,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     sys.exit(main())

@@ -26,21 +26,30 @@ from typing import Any
 
 from common import (
     RESULTS_DIR,
+    environment,
+    environment_line,
     faiss_threads,
     human_bytes,
-    library_versions,
-    machine_info,
+    latencies_ms,
     markdown_table,
     percentile,
     pin_threads,
-    print_environment,
+    timed,
+    utc_stamp,
     write_results,
 )
 
 THREADS = pin_threads(2)
 
-import artifact_bench  # noqa: E402
 import make_catalog  # noqa: E402
+from artifact_bench import measure_open  # noqa: E402
+from harness import (  # noqa: E402
+    artifact_dir,
+    catalog_path,
+    read_catalog_rows,
+    search_recall,
+    typo_queries,
+)
 
 CHILD = """
 import json, sys, time
@@ -68,38 +77,17 @@ def build(catalog: Path, out: Path, budget: str, options: dict[str, Any]) -> dic
     return result
 
 
-def sample_rows(path: Path, total: int, count: int) -> list[tuple[str, str, list[str]]]:
-    """About ``count`` evenly spaced (id, name, aliases) rows of a ``total``-row catalog
-    CSV, streamed."""
-    import csv
-
-    step = max(1, total // count)
-    with open(path, encoding="utf-8", newline="") as handle:
-        reader = csv.reader(handle)
-        next(reader)
-        return [(row[0], row[1], [a for a in row[2].split("|") if a])
-                for number, row in enumerate(reader) if number % step == 0]  # fmt: skip
-
-
 def recall(index: Any, texts: list[str]) -> dict[str, float]:
     """recall@1, R@10 (exact top-1 among the 10 returned) and 10-recall@10 on ``texts``."""
     from novelentitymatcher_faiss.lexical import featurize
-    from novelentitymatcher_faiss.search import exact_knn, recall_at_k, search
+    from novelentitymatcher_faiss.search import exact_knn
 
     queries = featurize([index._normalize(t, 0) for t in texts], index.encoder, index.lexical)
-    started = time.perf_counter()
-    truth, _ = exact_knn(queries, index.vectors, 10)
-    exact_s = time.perf_counter() - started
-    options = {"vectors": index.vectors, "rerank": index._rerank, "spill": index.spill}
-    _, found = search(index.index, queries, 10, nprobe=index.nprobe, **options)
-    _, first = search(index.index, queries, 1, nprobe=index.nprobe, **options)
-    return {
-        "queries": len(texts),
-        "recall_at_1": recall_at_k(queries, first, truth[:, :1], index.vectors),
-        "r_at_10": recall_at_k(queries, found, truth[:, :1], index.vectors),
-        "recall_10_at_10": recall_at_k(queries, found, truth, index.vectors),
-        "exact_search_s": exact_s,
-    }
+    exact_s, (truth, _) = timed(lambda: exact_knn(queries, index.vectors, 10))
+    return {"queries": len(texts),
+            **search_recall(index.index, queries, truth, index.vectors, index.nprobe,
+                            rerank=index._rerank, spill=index.spill),
+            "exact_search_s": exact_s}  # fmt: skip
 
 
 def evict(folder: Path) -> None:
@@ -153,12 +141,9 @@ def to_markdown(doc: dict[str, Any]) -> str:
              human_bytes(b["artifact_bytes"]), human_bytes(b["index_bytes"]),
              f"{o['open_s'] * 1000:.0f} ms", f"{s['p50_ms']:.2f} / {s['p99_ms']:.2f}",
              f"{r['recall_at_1']:.3f} / {r['r_at_10']:.3f} / {r['recall_10_at_10']:.3f}"]]
-    env = doc["environment"]
     return "\n".join([
         "# Large catalog: build, open, query\n",
-        f"{doc['started_at']}; machine: {env['machine']['cpu_model']}, "
-        f"{env['machine']['usable_cores']} cores, {env['machine']['ram_gib']} GiB; versions: "
-        + ", ".join(f"{k} {v}" for k, v in env["versions"].items()) + ".\n",
+        f"{doc['started_at']}; {environment_line(doc['environment'], ram=True)}.\n",
         "`build_index(catalog, "
         + ", ".join([*([] if doc["budget"] == "none" else
                        [f"index_type='auto', memory_budget='{doc['budget']}'"]),
@@ -198,20 +183,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="keep the artifact and build record of the last run "
                         "(results/large.json) and measure open, latency and recall again")
     args = parser.parse_args(argv)
-    info = {"machine": machine_info(), "versions": library_versions(),
-            "threads": {**THREADS, "faiss_omp": str(faiss_threads(2))}}  # fmt: skip
-    print_environment(info)
+    info = environment({**THREADS, "faiss_omp": str(faiss_threads(2))})
     started = time.perf_counter()
-    catalog = artifact_bench.catalog_path(args.size, make_catalog.DEFAULT_SEED)
+    catalog = catalog_path(args.size, make_catalog.DEFAULT_SEED)
     named = args.index != "auto"
     budget = "none" if named else args.budget
     name = f"large-{make_catalog.size_label(args.size)}-{args.index}" if named else "large"
     doc: dict[str, Any] = {"benchmark": name, "entities": args.size, "budget": budget,
-                           "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                           "started_at": utc_stamp(),
                            "environment": info, "catalog_s": time.perf_counter() - started}
-    out = artifact_bench.artifact_dir(args.size, f"large-{args.index}" if named
-                                      else f"budget-{args.budget}",
-                                      make_catalog.DEFAULT_SEED)  # fmt: skip
+    out = artifact_dir(args.size, f"large-{args.index}" if named else f"budget-{args.budget}",
+                       make_catalog.DEFAULT_SEED)  # fmt: skip
     print(f"{'measuring' if args.measure_only else 'building'} {out.name} ...", flush=True)
     options = ({"index_type": args.index} if named else
                {"target_recall": args.target_recall, "target_top1": args.target_recall})
@@ -225,21 +207,21 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  built in {doc['build']['wall_s'] / 60:.1f} min, peak RSS "
           f"{human_bytes(doc['build']['vm_hwm_bytes'])}", flush=True)  # fmt: skip
     evict(out)
-    doc["open_cold"] = artifact_bench.measure_open(out, 1, 2, doc["build"]["index_bytes"])
-    doc["open"] = artifact_bench.measure_open(out, 5, 2, doc["build"]["index_bytes"])
+    doc["open_cold"] = measure_open(out, 1, 2, doc["build"]["index_bytes"])
+    doc["open"] = measure_open(out, 5, 2, doc["build"]["index_bytes"])
     from novelentitymatcher_faiss import load_index
 
     if args.warm:
         warm(out)
     doc["single_page_cache"] = "warm" if args.warm else "dropped"
     index = load_index(out)
-    rows = sample_rows(catalog, args.size, 20 * args.queries)
-    singles, _ = artifact_bench.typo_queries(rows, args.queries, 8)
+    rows = read_catalog_rows(catalog, step=max(1, args.size // (20 * args.queries)))
+    singles, _ = typo_queries(rows, args.queries, 8)
     index.match(singles[:20])
-    times = artifact_bench.latencies_ms(index.match, singles)
+    times = latencies_ms(index.match, singles)
     doc["single"] = {"queries": len(times), "p50_ms": percentile(times, 50),
                      "p99_ms": percentile(times, 99)}  # fmt: skip
-    texts, _ = artifact_bench.typo_queries(rows, args.queries, 9)
+    texts, _ = typo_queries(rows, args.queries, 9)
     del rows
     doc["recall"] = recall(index, texts)
     print(json.dumps({k: doc[k] for k in ("open", "single", "recall")}, default=str)[:600])

@@ -21,7 +21,6 @@ bench-quick`` with ``--quick`` (fewer queries, no large catalog: ``results/lexic
 from __future__ import annotations
 
 import argparse
-import csv
 import random
 import sys
 import tempfile
@@ -29,18 +28,17 @@ from pathlib import Path
 
 from common import (
     DATA_DIR,
-    REPO_DIR,
+    batch_qps,
+    environment,
     faiss_threads,
-    library_versions,
-    machine_info,
     markdown_table,
-    median_seconds,
     pin_threads,
-    print_environment,
     write_results,
 )
 
 THREADS = pin_threads(2)
+
+from harness import read_csv, test_catalog, unique_aliases  # noqa: E402
 
 from novelentitymatcher_faiss import build_index  # noqa: E402
 from novelentitymatcher_faiss.lexical import (  # noqa: E402
@@ -83,27 +81,16 @@ def label(lexical: dict | None) -> str:
     )
 
 
-def read_csv(path: Path) -> list[dict[str, str]]:
-    with open(path, encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
-
-
 def real_catalogs() -> list[dict]:
     """Entities of every catalog in tests/data, ids prefixed, repeated names/aliases dropped."""
     entities, seen_names = [], set()
     for name in CATALOGS:
-        rows = read_csv(REPO_DIR / "tests" / "data" / f"{name}.csv")
-        owners: dict[str, set[str]] = {}
-        for row in rows:
-            for alias in filter(None, row["aliases"].split("|")):
-                owners.setdefault(fold(alias), set()).add(row["id"])
-        for row in rows:
+        rows = test_catalog(name)
+        for row, aliases in zip(rows, unique_aliases(rows, fold), strict=True):
             key = fold(row["name"])
             if key in seen_names:
                 continue
             seen_names.add(key)
-            aliases = [a for a in filter(None, row["aliases"].split("|"))
-                       if len(owners[fold(a)]) == 1 and a != row["id"]]  # fmt: skip
             entities.append({"id": f"{name}:{row['id']}", "name": row["name"], "aliases": aliases})
     return entities
 
@@ -148,8 +135,7 @@ def cldr_sets(
 def country_variants(catalog: list[dict]) -> list[tuple[str, str]]:
     """Labelled country variants (typos, endonyms, official names) from tests/data."""
     ids = {e["id"] for e in catalog}
-    path = REPO_DIR / "tests" / "data" / "country_training_data.csv"
-    rows = read_csv(path)
+    rows = test_catalog("country_training_data")
     return [(r["text"], f"country:{r['label']}") for r in rows if f"country:{r['label']}" in ids]
 
 
@@ -168,9 +154,7 @@ def evaluate(settings: LexicalSettings | None, sets: dict, workdir: Path, repeat
         row[f"top1_{name}"] = round(top1(index, queries), 4)
         if name == "typo":
             texts = [q for q, _ in queries] * max(1, 20000 // len(queries))
-            index.match(texts[:2000])  # warm-up
-            seconds, runs = median_seconds(lambda idx=index, t=texts: idx.match(t), repeats)
-            row["batch_qps"] = round(len(texts) / seconds)
+            row["batch_qps"] = round(batch_qps(index.match, texts, repeats, warm=2000))
             row["artifact_bytes"] = sum(r["size"] for r in index.manifest["files"].values())
     return row
 
@@ -188,16 +172,14 @@ def at_scale(catalog: Path, workdir: Path, repeats: int) -> list[dict]:
     for settings in (None, LexicalSettings()):
         index = build_index(catalog, workdir / f"scale-{settings is None}", lexical=settings,
                             show_progress=False, overwrite=True)  # fmt: skip
-        texts = [q for q, _ in queries]
-        index.match(texts[:1000])
-        seconds, _ = median_seconds(lambda idx=index, t=texts: idx.match(t), repeats)
+        qps = batch_qps(index.match, [q for q, _ in queries], repeats, warm=1000)
         out.append({
             "catalog": catalog.name,
             "lexical": settings.to_dict() if settings else None,
             "index": index.manifest["index"]["factory"],
             "nprobe": index.manifest["index"]["nprobe"],
             "top1_typo": round(top1(index, queries), 4),
-            "batch_qps": round(len(texts) / seconds),
+            "batch_qps": round(qps),
             "artifact_bytes": sum(r["size"] for r in index.manifest["files"].values()),
         })  # fmt: skip
     out[1]["qps_vs_dense"] = round(out[1]["batch_qps"] / out[0]["batch_qps"], 3)
@@ -218,8 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     faiss_threads(2)
-    info = {"machine": machine_info(), "versions": library_versions(), "threads": THREADS}
-    print_environment(info)
+    info = environment(THREADS)
     rng = random.Random(0)
     entities = real_catalogs()
     clean = [(e["name"].upper(), e["id"]) for e in entities]

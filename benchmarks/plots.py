@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from common import REPO_DIR, RESULTS_DIR
+from common import REPO_DIR, RESULTS_DIR, pyplot
 
 #: Systems drawn in the latency plot, in legend order (others are left out for legibility).
 LATENCY_SYSTEMS = (
@@ -24,18 +24,9 @@ LATENCY_SYSTEMS = (
 )  # fmt: skip
 
 
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def latency_vs_size(doc: dict[str, Any], path: Path) -> Path:
     """Single-query p50 against entities, log-log, one line per system present at 2+ sizes."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     floors = {}
     for name in LATENCY_SYSTEMS:
@@ -68,7 +59,7 @@ def latency_vs_size(doc: dict[str, Any], path: Path) -> Path:
 
 def recall_qps(doc: dict[str, Any], path: Path) -> Path:
     """IVF nprobe sweep: recall against batch q/s (top 10), one line per catalog size."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
     panels = ((axes[0], "recall_at_10", "10-recall@10 (share of the exact top 10)"),
               (axes[1], "recall_at_1", "recall@1 (the top hit is exact)"))  # fmt: skip

@@ -21,19 +21,20 @@ import argparse
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 from common import (
+    environment,
     faiss_threads,
     human_bytes,
-    library_versions,
-    machine_info,
+    latencies_ms,
     markdown_table,
+    median_seconds,
     percentile,
     pin_threads,
-    print_environment,
+    timed,
+    utc_stamp,
     write_results,
 )
 
@@ -41,23 +42,19 @@ from common import (
 def measure(ix: Any, queries: Any, vectors: Any, truth: Any, nprobes: list[int], rerank: int,
             singles: int, spill: int = 1) -> list[dict[str, Any]]:  # fmt: skip
     """Recall and single-query latency of ``ix`` at each nprobe."""
-    from novelentitymatcher_faiss.search import recall_at_k, search
+    from harness import search_recall
+
+    from novelentitymatcher_faiss.search import search
 
     rows = []
     options = {"vectors": vectors, "rerank": rerank, "spill": spill}
-    for nprobe in nprobes:  # truth: exact top-10 scores, best first
-        _, found = search(ix, queries, 10, nprobe=nprobe, **options)
-        _, first = search(ix, queries, 1, nprobe=nprobe, **options)
-        times = []
-        for q in queries[:singles]:
-            start = time.perf_counter()
-            search(ix, q[None], 1, nprobe=nprobe, **options)
-            times.append((time.perf_counter() - start) * 1e3)
+    for nprobe in nprobes:  # truth: exact top-10 rows, best first
+        figures = search_recall(ix, queries, truth, vectors, nprobe, rerank=rerank, spill=spill)
+        times = latencies_ms(lambda q, n=nprobe: search(ix, q[None], 1, nprobe=n, **options),
+                             queries[:singles])  # fmt: skip
         rows.append({
             "nprobe": nprobe,
-            "recall_at_1": recall_at_k(queries, first, truth[:, :1], vectors),
-            "r_at_10": recall_at_k(queries, found, truth[:, :1], vectors),
-            "recall_10_at_10": recall_at_k(queries, found, truth, vectors),
+            **figures,
             "single_p50_ms": statistics.median(times),
             "single_p99_ms": percentile(times, 99),
         })  # fmt: skip
@@ -77,21 +74,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     threads = pin_threads(2)
 
-    import artifact_bench
     import faiss
     import make_catalog
+    from harness import existing_artifact
 
     from novelentitymatcher_faiss import load_index
     from novelentitymatcher_faiss.artifact import open_faiss_index
     from novelentitymatcher_faiss.build import _train_and_add, _typo_queries
     from novelentitymatcher_faiss.search import exact_knn
 
-    info = {"machine": machine_info(), "versions": library_versions(), "threads": threads}
-    print_environment(info)
+    info = environment(threads)
     size = make_catalog.parse_size(args.size)
-    path = artifact_bench.artifact_dir(size, "ivf-pq", make_catalog.DEFAULT_SEED)
-    if not path.exists():
-        print(f"{path} is missing: run benchmarks/artifact_bench.py --sizes {args.size} first")
+    path = existing_artifact(args.size, "ivf-pq")
+    if path is None:
         return 2
     source = load_index(path)
     vectors, nlist = source.vectors, source.manifest["index"]["nlist"]
@@ -104,17 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     for m, spill in [(m, s) for m in args.subquantizers for s in args.spill]:
         factory = f"IVF{nlist},PQ{m}x4fs"
         faiss_threads(2)
-        start = time.perf_counter()
-        ix = _train_and_add(factory, vectors, 0, True, spill=spill)
-        build_s = time.perf_counter() - start
+        build_s, ix = timed(lambda f=factory, s=spill: _train_and_add(f, vectors, 0, True, spill=s))
         with tempfile.TemporaryDirectory() as tmp:
             file = Path(tmp) / "index.faiss"
             faiss.write_index(ix, str(file))
-            opens = []
-            for _ in range(5):
-                start = time.perf_counter()
-                open_faiss_index(file)
-                opens.append(time.perf_counter() - start)
+            _, opens = median_seconds(lambda f=file: open_faiss_index(f), 5)
             size_bytes = file.stat().st_size
         faiss_threads(1)
         rows = measure(ix, queries, vectors, truth, args.nprobe, args.rerank, args.singles, spill)
@@ -127,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
                           f"{r['single_p50_ms']:.2f} ms" for r in rows), flush=True)  # fmt: skip
     doc = {"benchmark": "pq", "entities": size, "vectors": len(vectors), "rerank": args.rerank,
            "queries": len(queries), "environment": info, "results": results,
-           "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}  # fmt: skip
+           "started_at": utc_stamp()}  # fmt: skip
     table = markdown_table(
         ["index", "spill", "bytes", "open s", "build s", "nprobe", "recall@1", "R@10",
          "10-recall@10", "single p50 ms"],

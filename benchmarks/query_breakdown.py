@@ -31,25 +31,23 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
 from common import (
+    environment,
     faiss_threads,
-    library_versions,
-    machine_info,
+    latencies_ms,
     markdown_table,
     pin_threads,
-    print_environment,
+    timed,
+    utc_stamp,
     write_results,
 )
 
 
 def p50_ms(step: Callable[[Any], Any], inputs: list[Any], rounds: int) -> float:
     """Median over ``rounds`` of the p50 wall time of ``step(x)`` for each input, in ms."""
-    from artifact_bench import latencies_ms
-
     step(inputs[0])
     return statistics.median(statistics.median(latencies_ms(step, inputs))
                              for _ in range(rounds))  # fmt: skip
@@ -84,9 +82,7 @@ def batch_qps(index: Any, texts: list[str], rounds: int) -> dict[str, float]:
                 search_module.PARALLEL_SCAN_MIN_VECTORS = (
                     default if name == "threaded_scans" else sys.maxsize
                 )
-                start = time.perf_counter()
-                index.match(texts)
-                runs[name].append(len(texts) / (time.perf_counter() - start))
+                runs[name].append(len(texts) / timed(lambda: index.match(texts))[0])
     finally:
         search_module.PARALLEL_SCAN_MIN_VECTORS = default
         faiss_threads(1)
@@ -190,26 +186,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     threads = pin_threads(2)
 
-    import artifact_bench
     import faiss
     import make_catalog
+    from harness import QUERY_SEED, catalog_rows, existing_artifact, typo_queries
 
     from novelentitymatcher_faiss import load_index
     from novelentitymatcher_faiss.lexical import featurize
     from novelentitymatcher_faiss.normalize import normalize_text
     from novelentitymatcher_faiss.search import fetch_count, search, search_params
 
-    info = {"machine": machine_info(), "versions": library_versions(), "threads": threads}
-    print_environment(info)
+    info = environment(threads)
     size = make_catalog.parse_size(args.size)
-    path = artifact_bench.artifact_dir(size, args.kind, make_catalog.DEFAULT_SEED)
-    if not path.exists():
-        print(f"{path} is missing: run benchmarks/artifact_bench.py --sizes {args.size} first")
+    path = existing_artifact(args.size, args.kind)
+    if path is None:
         return 2
-    catalog = artifact_bench.catalog_path(size, make_catalog.DEFAULT_SEED)
-    rows = artifact_bench.read_catalog_rows(catalog)
-    texts, _ = artifact_bench.typo_queries(rows, args.queries, artifact_bench.QUERY_SEED + 1)
-    del rows
+    texts, _ = typo_queries(catalog_rows(size), args.queries, QUERY_SEED + 1)
     index = load_index(path)
     index.match(texts[:50])  # loads the model; warms the pages the queries touch
     faiss_threads(1)
@@ -276,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         "queries": len(texts), "rounds": args.rounds, "p50_ms": steps, "early_stop": staged,
         "batch_qps_2_threads": batch,
         "quantizer_variants": variants, "environment": info,
-        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "started_at": utc_stamp(),
     }  # fmt: skip
     machine = info["machine"]
     command = f"python benchmarks/query_breakdown.py --size {args.size} --kind {args.kind}"
@@ -318,8 +309,7 @@ def main(argv: list[str] | None = None) -> int:
                            [[v["quantizer"], f"{v['quantizer_ms']:.3f}", f"{v['search_ms']:.3f}",
                              f"{v[key]:.3f}"] for v in variants]))  # fmt: skip
     name = f"breakdown-{make_catalog.size_label(size).lower()}-{args.kind}"
-    json_path, md_path = write_results(name, doc, markdown)
-    print(f"wrote {json_path} and {md_path}")
+    write_results(name, doc, markdown)
     return 0
 
 

@@ -18,13 +18,11 @@ from pathlib import Path
 
 from common import (
     DATA_DIR,
-    REPO_DIR,
+    TEST_DATA,
+    environment,
     faiss_threads,
-    library_versions,
-    machine_info,
     markdown_table,
     pin_threads,
-    print_environment,
     rss_bytes,
     write_results,
 )
@@ -41,14 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=600.0)
     parser.add_argument("--sample-every", type=float, default=10.0)
-    parser.add_argument(
-        "--catalog", type=Path, default=REPO_DIR / "tests" / "data" / "products_mcc.csv"
-    )
+    parser.add_argument("--catalog", type=Path, default=TEST_DATA / "products_mcc.csv")
     parser.add_argument("--out", default="soak", help="results name under benchmarks/results/")
     args = parser.parse_args(argv)
     faiss_threads(2)
-    info = {"machine": machine_info(), "versions": library_versions(), "threads": THREADS}
-    print_environment(info)
+    info = environment(THREADS)
     artifact = DATA_DIR / "artifacts" / f"soak-{args.catalog.stem}"
     if not artifact.exists():
         build_index(args.catalog, artifact, index_type="ivf", show_progress=False)

@@ -7,7 +7,9 @@
 * the floor: a raw model2vec encode plus a raw FAISS search of a dense index of the same
   kind, with none of this library's work (no normalizer, no lexical channel, no result
   dicts);
-* this library itself, any opened artifact (:func:`library`).
+* this library itself, any opened artifact (:func:`library`);
+* string-similarity peers with no model, top-1 only: rapidfuzz ``WRatio``
+  (:func:`rapidfuzz_top1`) and a char n-gram TF-IDF (:func:`char_tfidf`).
 
 Every system exposes the same three calls: ``batch(texts)`` (its native bulk call, the one
 timed), ``single(text)`` (one query), and ``top(texts, k)`` giving entity ids and scores of
@@ -25,6 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+Entity = dict[str, Any]
+#: A string peer: queries -> (top-1 entity ids, scores float (q,), higher is closer).
+Top1 = Callable[[list[str]], tuple[list[str], np.ndarray]]
 
 
 @dataclass
@@ -255,3 +261,74 @@ def floor(catalog: Catalog, nlist: int | None = None, nprobe: int | None = None)
     name = "floor flat" if nlist is None else f"floor IVF{nlist} nprobe {nprobe}"
     return System(name=name, family="floor", setup_s=setup_s, batch=batch, single=single,
                   top=top, exact=nlist is None)  # fmt: skip
+
+
+# ------------------------------------------------------------------------------ string peers
+
+
+def entity_texts(entities: list[Entity]) -> tuple[list[str], list[str]]:
+    """Every name and alias of ``{"id", "name", "aliases"?}`` entities, as written, and the
+    entity id of each."""
+    texts, owners = [], []
+    for entity in entities:
+        for text in (entity["name"], *entity.get("aliases", [])):
+            texts.append(text)
+            owners.append(entity["id"])
+    return texts, owners
+
+
+def char_tfidf(kept: list[Entity]) -> Top1:
+    """A char 2-4-gram TF-IDF (smoothed idf, l2 rows) over every name and alias:
+    queries -> (top-1 entity ids, cosines float (q,))."""
+    from scipy import sparse
+
+    texts, owners = entity_texts(kept)
+    vocab: dict[str, int] = {}
+
+    def grams(text: str) -> list[str]:
+        padded = f" {' '.join(text.casefold().split())} "
+        return [padded[i : i + n] for n in (2, 3, 4) for i in range(len(padded) - n + 1)]
+
+    def matrix(items: list[str], grow: bool) -> Any:
+        rows, cols = [], []
+        for r, text in enumerate(items):
+            for gram in grams(text):
+                col = vocab.setdefault(gram, len(vocab)) if grow else vocab.get(gram)
+                if col is not None:
+                    rows.append(r)
+                    cols.append(col)
+        data = np.ones(len(rows), dtype=np.float32)
+        return sparse.csr_matrix((data, (rows, cols)), shape=(len(items), len(vocab)))
+
+    catalog = matrix(texts, True)
+    df = np.bincount(catalog.indices, minlength=len(vocab))
+    idf = np.log((1 + len(texts)) / (1 + df)) + 1
+
+    def weigh(m: Any) -> Any:
+        m = m @ sparse.diags(idf.astype(np.float32))
+        norms = np.sqrt(m.multiply(m).sum(axis=1)).A.ravel()
+        return sparse.diags(1 / np.maximum(norms, 1e-9)) @ m
+
+    catalog = weigh(catalog).T.tocsr()
+
+    def top1(queries: list[str]) -> tuple[list[str], np.ndarray]:
+        scores = (weigh(matrix(queries, False)) @ catalog).toarray()
+        best = scores.argmax(axis=1)
+        return [owners[b] for b in best], scores[np.arange(len(queries)), best]
+
+    return top1
+
+
+def rapidfuzz_top1(kept: list[Entity]) -> Top1:
+    """rapidfuzz ``WRatio`` (default processor: case-folded) over every name and alias."""
+    from rapidfuzz import fuzz, process, utils
+
+    texts, owners = entity_texts(kept)
+
+    def top1(queries: list[str]) -> tuple[list[str], np.ndarray]:
+        scores = process.cdist(queries, texts, scorer=fuzz.WRatio, processor=utils.default_process,
+                               workers=2, dtype=np.uint8)  # fmt: skip
+        best = scores.argmax(axis=1)
+        return [owners[b] for b in best], scores[np.arange(len(queries)), best] / 100.0
+
+    return top1

@@ -35,18 +35,19 @@ import argparse
 import random
 import sys
 import tempfile
-import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from common import (
     REPO_DIR,
+    TEST_DATA,
+    environment,
     faiss_threads,
-    library_versions,
-    machine_info,
     markdown_table,
     median_seconds,
     pin_threads,
-    print_environment,
+    timed,
     write_results,
 )
 
@@ -65,7 +66,6 @@ from novelentitymatcher_faiss.train import (  # noqa: E402
     train_index,
 )
 
-DATA = REPO_DIR / "tests" / "data"
 BATCH = 256
 
 
@@ -126,6 +126,17 @@ def speed(scorer, texts: list[str], repeats: int) -> dict[str, float]:  # noqa: 
     }
 
 
+def on_threads(threads: int, func: Callable[[], Any]) -> tuple[float, Any]:
+    """(seconds rounded to 0.1, result) of ``func()`` run with torch on ``threads`` threads;
+    torch goes back to the pinned thread count after."""
+    import torch
+
+    torch.set_num_threads(threads)
+    seconds, result = timed(func)
+    torch.set_num_threads(int(THREADS["OMP_NUM_THREADS"]))
+    return round(seconds, 1), result
+
+
 def render_markdown(data: dict) -> str:
     """The Markdown report of a results dict (as written to ``results/train.json``)."""
     rows, settings, counts = data["rows"], data["settings"], data["data"]
@@ -171,8 +182,8 @@ def render_markdown(data: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--catalog", type=Path, default=DATA / "countries.csv")
-    parser.add_argument("--training", type=Path, default=DATA / "country_training_data.csv")
+    parser.add_argument("--catalog", type=Path, default=TEST_DATA / "countries.csv")
+    parser.add_argument("--training", type=Path, default=TEST_DATA / "country_training_data.csv")
     parser.add_argument("--holdout", type=Path, default=None, help="score on this file instead")
     parser.add_argument("--base-model", default="mpnet")
     parser.add_argument("--epochs", type=int, default=1)
@@ -190,12 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         args.base_model, args.max_steps, args.repeats = "minilm", args.max_steps or 20, 1
     name = args.name or ("train-quick" if args.quick else "train")
 
-    info = {
-        "machine": {**machine_info()},
-        "versions": library_versions(),
-        "threads": {**THREADS, "faiss": faiss_threads(2)},
-    }
-    print_environment(info)
+    info = environment({**THREADS, "faiss": faiss_threads(2)})
     ids = [entity["id"] for entity in read_catalog(args.catalog)]
     examples = check_training_data(args.training, ids)
     if args.holdout:
@@ -231,17 +237,11 @@ def main(argv: list[str] | None = None) -> int:
             label = f"zero-shot {model}" + (" + lexical (build default)" if lexical else "")
             record(label, index, mode="zero-shot", lexical=lexical)
 
-        import torch
-
-        torch.set_num_threads(args.train_threads)
-        started = time.perf_counter()
-        tuned = train_index(
+        seconds, tuned = on_threads(args.train_threads, lambda: train_index(
             args.catalog, train, work / "tuned", model=args.base_model, mode="full",
             num_epochs=args.epochs, max_steps=args.max_steps, seed=args.seed,
             show_progress=True,
-        )  # fmt: skip
-        seconds = round(time.perf_counter() - started, 1)
-        torch.set_num_threads(int(THREADS["OMP_NUM_THREADS"]))
+        ))  # fmt: skip
         steps = tuned.manifest["training"]["steps"]
         print(f"fine-tuned {args.base_model}: {steps} steps in {seconds} s")
         record(f"fine-tuned {args.base_model} (index)", tuned, mode="full", train_seconds=seconds,
@@ -267,14 +267,10 @@ def main(argv: list[str] | None = None) -> int:
         record(f"fine-tuned {args.base_model}, dense only (hybrid)",
                HybridScorer(dense_index, load_head(tuned)), mode="full")  # fmt: skip
 
-        torch.set_num_threads(args.train_threads)
-        started = time.perf_counter()
-        static = train_index(
+        seconds, static = on_threads(args.train_threads, lambda: train_index(
             args.catalog, train, work / "static", model=str(folder), mode="head-only",
             distill=True, seed=args.seed, show_progress=True,
-        )  # fmt: skip
-        seconds = round(time.perf_counter() - started, 1)
-        torch.set_num_threads(int(THREADS["OMP_NUM_THREADS"]))
+        ))  # fmt: skip
         record(f"fine-tuned {args.base_model}, distilled (model2vec)", static, mode="distilled",
                distill_seconds=seconds)  # fmt: skip
         record(f"fine-tuned {args.base_model}, distilled (hybrid, default scorer)",
@@ -325,8 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         "summary": summary,
     }
     markdown = render_markdown(data)
-    for path in write_results(name, data, markdown):
-        print(f"wrote {path}")
+    write_results(name, data, markdown)
     return 0
 
 

@@ -25,26 +25,36 @@ import shutil
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 from common import (
     DATA_DIR,
     RESULTS_DIR,
+    batch_qps,
+    environment,
+    environment_line,
     faiss_threads,
-    library_versions,
-    machine_info,
     markdown_table,
     pin_threads,
-    print_environment,
+    timed,
+    utc_stamp,
     write_results,
 )
 
 THREADS = pin_threads(2)
 
-import artifact_bench  # noqa: E402
 import make_catalog  # noqa: E402
+from harness import (  # noqa: E402
+    MODEL,
+    artifact_dir,
+    as_entities,
+    catalog_path,
+    ensure_artifact,
+    library_source_hash,
+    sha256_file,
+    typo_queries,
+)
 
 from novelentitymatcher_faiss import (  # noqa: E402
     build_index,
@@ -53,20 +63,19 @@ from novelentitymatcher_faiss import (  # noqa: E402
     update_index,
 )
 
-MODEL = artifact_bench.MODEL
 #: One entity in this many is removed, and as many new ones added: 1% changed in all.
 EVERY = 200
 
 
 def change_for(size: int) -> dict[str, Any]:
     """The base catalog path, the entities to add and the ids to remove for ``size``."""
-    catalog = artifact_bench.catalog_path(size, make_catalog.DEFAULT_SEED)
+    catalog = catalog_path(size, make_catalog.DEFAULT_SEED)
     rows = list(make_catalog.generate(size + size // EVERY, make_catalog.DEFAULT_SEED))
     base, extra = rows[:size], rows[size:]
     remove = [entity_id for entity_id, _, _ in base[::EVERY]]
     gone = set(remove)
-    to_dict = [{"id": i, "name": n, "aliases": a} for i, n, a in extra]
-    final = [{"id": i, "name": n, "aliases": a} for i, n, a in base if i not in gone] + to_dict
+    to_dict = as_entities(extra)
+    final = as_entities(row for row in base if row[0] not in gone) + to_dict
     return {"catalog": catalog, "add": to_dict, "remove": remove, "final": final, "rows": rows}
 
 
@@ -81,32 +90,29 @@ def agreement(a: Any, b: Any, queries: list[str]) -> float:
 def bench(size: int, kind: str, encoder: Any, repeats: int, work: Path) -> dict[str, Any]:
     """Update against rebuild for one (size, kind)."""
     change = change_for(size)
-    stamp = {"catalog_sha256": artifact_bench.sha256_file(change["catalog"]),
-             "library_sha256": artifact_bench.library_source_hash()}  # fmt: skip
-    base_path = artifact_bench.artifact_dir(size, kind, make_catalog.DEFAULT_SEED)
-    base = artifact_bench.ensure_artifact(change["catalog"], stamp, base_path, kind, encoder,
-                                          rebuild=False, reuse=True)  # fmt: skip
+    stamp = {"catalog_sha256": sha256_file(change["catalog"]),
+             "library_sha256": library_source_hash()}  # fmt: skip
+    base_path = artifact_dir(size, kind, make_catalog.DEFAULT_SEED)
+    base = ensure_artifact(change["catalog"], stamp, base_path, kind, encoder, rebuild=False,
+                           reuse=True)  # fmt: skip
     times: dict[str, list[float]] = {"layered": [], "compacted": []}
     for _ in range(repeats):
         for mode in times:
-            started = time.perf_counter()
-            update_index(base_path, work / mode, add=change["add"], remove=change["remove"],
-                         overwrite=True, encoder=encoder, show_progress=False,
-                         compact=mode == "compacted")  # fmt: skip
-            times[mode].append(time.perf_counter() - started)
+            times[mode].append(timed(lambda m=mode: update_index(
+                base_path, work / m, add=change["add"], remove=change["remove"], overwrite=True,
+                encoder=encoder, show_progress=False, compact=m == "compacted"))[0])  # fmt: skip
     updated = {mode: load_index(work / mode, encoder=encoder) for mode in times}
-    started = time.perf_counter()
-    rebuilt = build_index(change["final"], work / "rebuilt", index_type=kind, encoder=encoder,
-                          overwrite=True, show_progress=False)  # fmt: skip
-    rebuild_s = time.perf_counter() - started
-    queries, _ = artifact_bench.typo_queries(
+    rebuild_s, rebuilt = timed(lambda: build_index(
+        change["final"], work / "rebuilt", index_type=kind, encoder=encoder, overwrite=True,
+        show_progress=False))  # fmt: skip
+    queries, _ = typo_queries(
         [(e["id"], e["name"], e["aliases"]) for e in change["final"]], 2000, 11
     )
     lineage = updated["layered"].manifest["lineage"]
     out = {
         "entities": size,
         "kind": kind,
-        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "measured_at": utc_stamp(),
         "base_vectors": base["vectors"],
         "added": lineage["added_entities"],
         "removed": lineage["removed_entities"],
@@ -118,7 +124,8 @@ def bench(size: int, kind: str, encoder: Any, repeats: int, work: Path) -> dict[
         "speedup": {mode: rebuild_s / statistics.median(runs) for mode, runs in times.items()},
         "top1_agreement_with_rebuild": {m: agreement(u, rebuilt, queries)
                                         for m, u in updated.items()},  # fmt: skip
-        "batch_qps": {m: batch_qps(u, queries) for m, u in {**updated, "rebuilt": rebuilt}.items()},
+        "batch_qps": {m: batch_qps(u.match, queries)
+                      for m, u in {**updated, "rebuilt": rebuilt}.items()},  # fmt: skip
         "nprobe_updated": updated["layered"].nprobe,
         "nprobe_rebuilt": rebuilt.nprobe,
     }
@@ -132,19 +139,7 @@ def bench(size: int, kind: str, encoder: Any, repeats: int, work: Path) -> dict[
     return out
 
 
-def batch_qps(index: Any, queries: list[str], runs: int = 3) -> float:
-    """Median batch queries per second of ``index.match(queries)``."""
-    index.match(queries[:50])
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        index.match(queries)
-        times.append(time.perf_counter() - started)
-    return len(queries) / statistics.median(times)
-
-
 def to_markdown(doc: dict[str, Any]) -> str:
-    env = doc["environment"]
     rows = [[f"{r['entities']:,}", r["kind"], mode, f"+{r['added']:,} / -{r['removed']:,}",
              f"{r['encoded_vectors'][mode]:,}", f"{r['update_s'][mode]:.2f}",
              f"{r['rebuild_s']:.1f}", f"{r['speedup'][mode]:.1f}x",
@@ -154,9 +149,7 @@ def to_markdown(doc: dict[str, Any]) -> str:
             for r in doc["results"] for mode in ("layered", "compacted")]  # fmt: skip
     return "\n".join([
         "# Catalog update against rebuild\n",
-        f"{doc['started_at']}; machine: {env['machine']['cpu_model']}, "
-        f"{env['machine']['usable_cores']} cores; versions: "
-        + ", ".join(f"{k} {v}" for k, v in env["versions"].items()) + ".\n",
+        f"{doc['started_at']}; {environment_line(doc['environment'])}.\n",
         "1% of the catalog changes (every 200th entity removed, as many new real names "
         "added). Update = `update_index`, median of runs: layered (the default at this "
         "size) or compacted into one index (`compact=True`); rebuild = `build_index` of the "
@@ -177,12 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--merge", action="store_true",
                         help="keep the earlier rows of other (size, kind) pairs")  # fmt: skip
     args = parser.parse_args(argv)
-    info = {"machine": machine_info(), "versions": library_versions(),
-            "threads": {**THREADS, "faiss_omp": str(faiss_threads(2))}}  # fmt: skip
-    print_environment(info)
+    info = environment({**THREADS, "faiss_omp": str(faiss_threads(2))})
     encoder = load_encoder(MODEL, show_progress=False)
-    doc = {"benchmark": "update", "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
-           time.gmtime()), "environment": info, "results": []}  # fmt: skip
+    doc = {"benchmark": "update", "started_at": utc_stamp(), "environment": info, "results": []}
     earlier = RESULTS_DIR / "update.json"
     if args.merge and earlier.exists():
         doc["results"] = [r for r in json.loads(earlier.read_text(encoding="utf-8"))["results"]
@@ -195,8 +185,7 @@ def main(argv: list[str] | None = None) -> int:
                 doc["results"].append(bench(size, kind, encoder, args.repeats, Path(tmp)))
                 doc["results"].sort(key=lambda r: (r["entities"], r["kind"]))
                 write_results("update", doc, to_markdown(doc))
-    json_path, md_path = write_results("update", doc, to_markdown(doc))
-    print(f"wrote {json_path.name} and {md_path.name}")
+    write_results("update", doc, to_markdown(doc))
     return 0
 
 

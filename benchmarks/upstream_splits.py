@@ -15,38 +15,30 @@ Upstream published 23,622 q/s, top-1 0.95 (names) and 0.725 (typo) with potion-8
 
 from __future__ import annotations
 
-import csv
 import random
 import re
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-from common import REPO_DIR, markdown_table, pin_threads, write_results
+from common import batch_qps, markdown_table, pin_threads, timed, write_results
 
 THREADS = pin_threads(2)
 
 import systems  # noqa: E402
+from harness import as_entities, test_catalog, unique_aliases  # noqa: E402
 
-CATALOG = REPO_DIR / "tests" / "data" / "products_mcc.csv"
 ENTITIES, QUERIES, SEED, REPEATS = 120, 40, 0, 200
 PUBLISHED = {"qps": 23_622, "names": 0.95, "typo": 0.725}
 
 
 def split_catalog() -> tuple[list[tuple[str, str, list[str]]], list[tuple[str, str, list[str]]]]:
     """(indexed entities, queried entities) as (id, name, aliases), seeded."""
-    with open(CATALOG, encoding="utf-8", newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    owners: dict[str, set[str]] = {}
-    for row in rows:
-        for alias in filter(None, row["aliases"].split("|")):
-            owners.setdefault(alias.lower(), set()).add(row["id"])
-    entities = [(row["id"], row["name"],
-                 [a for a in filter(None, row["aliases"].split("|"))
-                  if len(owners[a.lower()]) == 1 and a != row["id"]]) for row in rows]  # fmt: skip
+    rows = test_catalog("products_mcc")
+    aliases = unique_aliases(rows, str.lower)
+    entities = [(row["id"], row["name"], kept) for row, kept in zip(rows, aliases, strict=True)]
     indexed = entities[:ENTITIES]  # catalog order, as upstream's benchmark loads it
     return indexed, random.Random(SEED).sample(indexed, QUERIES)
 
@@ -67,11 +59,9 @@ def our_system(indexed: list[tuple[str, str, list[str]]], folder: Path) -> syste
     """This library's default artifact (auto: flat at this size) as a System."""
     from novelentitymatcher_faiss import build_index
 
-    started = time.perf_counter()
-    index = build_index([{"id": i, "name": n, "aliases": a} for i, n, a in indexed],
-                        folder / "ours", show_progress=False)  # fmt: skip
-    return systems.library("this library (auto)", index, exact=True,
-                           setup_s=time.perf_counter() - started)
+    setup_s, index = timed(lambda: build_index(as_entities(indexed), folder / "ours",
+                                               show_progress=False))  # fmt: skip
+    return systems.library("this library (auto)", index, exact=True, setup_s=setup_s)
 
 
 def main() -> int:
@@ -99,13 +89,7 @@ def main() -> int:
                 row[split] = statistics.fmean(float(a == b) for a, b in zip(ids[:, 0], truth,
                                                                                strict=True))
             texts = splits["names"][0]
-            system.batch(texts)
-            runs = []
-            for _ in range(REPEATS):
-                started = time.perf_counter()
-                system.batch(texts)
-                runs.append(time.perf_counter() - started)
-            row["qps"] = len(texts) / statistics.median(runs)
+            row["qps"] = batch_qps(system.batch, texts, REPEATS, warm=len(texts))
             results.append(row)
             print(f"  {row['system']:<28} names {row['names']:.3f} typo {row['typo']:.3f} "
                   f"{row['qps']:,.0f} q/s", flush=True)  # fmt: skip
