@@ -105,7 +105,7 @@ def derived_auto(builds: dict[str, dict[str, Any]]) -> dict[str, Any]:
     ``AUTO_IVF_KIND`` with the same defaults), so the artifact would be that one, byte for
     byte but for the manifest. Used on the largest catalogs, where a build takes many minutes.
     """
-    from novelentitymatcher_faiss.build import AUTO_FLAT_MAX_VECTORS, AUTO_IVF_KIND
+    from novelentitymatcher_faiss.indexing import AUTO_FLAT_MAX_VECTORS, AUTO_IVF_KIND
 
     vectors = builds["flat"]["vectors"]
     same = "flat" if vectors < AUTO_FLAT_MAX_VECTORS else AUTO_IVF_KIND
@@ -260,11 +260,11 @@ def recall_and_sweep(
             "recall_at_1": recall_figures(exact, first)["recall_at_1"],
             "recall_at_1_top10_search": top10["recall_at_1"],
             "nprobe": indexes[kind].nprobe,
-            "early_stop": indexes[kind].manifest["index"].get("early_stop"),
+            "early_stop": indexes[kind].manifest.to_dict()["index"].get("early_stop"),
             "typo_top1_accuracy": top1_accuracy(first, truth_ids),
         }
     ivf = indexes["ivf"]
-    nlist = int(ivf.manifest["index"]["nlist"])
+    nlist = int(ivf.manifest.index.nlist)
     sweep = []
     for nprobe in sorted({p for p in SWEEP_NPROBES if p < nlist} | {ivf.nprobe}):
         batch_s, found = common.timed(lambda nprobe=nprobe: ivf.match(texts, top_k=10,
@@ -386,7 +386,7 @@ def compare_systems(
     made = [lambda kind=kind: systems.library(f"this library {kind}", indexes[kind],
                                               exact=kind == "flat")
              for kind in QUERY_KINDS if kind in indexes]  # fmt: skip
-    made += system_factories(catalog, len(rows), int(ivf.manifest["index"]["nlist"]), ivf.nprobe)
+    made += system_factories(catalog, len(rows), int(ivf.manifest.index.nlist), ivf.nprobe)
     out, exact_scores, kept = [], {}, {}
 
     def measure(system: systems.System) -> None:

@@ -94,7 +94,7 @@ def library_run(catalog: Path, out: Path, kind: str) -> dict[str, Any]:
 
     shutil.rmtree(out, ignore_errors=True)
     index = build_index(catalog, out, index_type=kind, show_progress=False, keep_vectors=True)
-    manifest = index.manifest
+    manifest = index.manifest.to_dict()
     return {"stages": manifest["build_stages"], "total": manifest["build_seconds"],
             "index": manifest["index"], "dim": manifest["index_dim"],
             "vectors": manifest["counts"]["vectors"]}  # fmt: skip
@@ -135,7 +135,7 @@ def one_pair(
     """Library and floor builds back to back: the library first on even runs, the floor
     first on odd ones (taking its factory and nprobe from ``previous``, the last run's
     library build: the build is seeded, so they do not change)."""
-    from novelentitymatcher_faiss.build import training_sample_size
+    from novelentitymatcher_faiss.indexing import training_sample_size
 
     library = library_run(catalog, artifact, kind) if run % 2 == 0 or previous is None else None
     index = (library or previous)["index"]
@@ -196,9 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     import make_catalog
     from harness import catalog_path
 
-    from novelentitymatcher_faiss.build import TUNING_QUERIES
     from novelentitymatcher_faiss.perturb import one_letter_typo
     from novelentitymatcher_faiss.sources import fetch_model
+    from novelentitymatcher_faiss.tuning import TUNING_QUERIES
 
     info = environment(threads, faiss_threads=faiss_threads(2))
     catalog = catalog_path(make_catalog.parse_size(args.size), make_catalog.DEFAULT_SEED)

@@ -173,7 +173,7 @@ def timed_builds(kept: list[Entity], workdir: Path, runs: int) -> dict[str, floa
                 kept, workdir / f"t{int(c)}", overwrite=True, show_progress=False, calibrate=c))
             seconds[calibrate].append(took)
             if calibrate:
-                stages = built.manifest["build_stages"]
+                stages = built.manifest.build_stages
                 stage_growth.append(stages["calibrate"] / (sum(stages.values())
                                                            - stages["calibrate"]))  # fmt: skip
     off, on = median(seconds[False]), median(seconds[True])
@@ -229,10 +229,10 @@ def evaluate(name: str, entities: list[Entity], workdir: Path, runs: int) -> dic
             row["reliability"] = reliability(scores, right)
             row["cuts"] = {str(c): figures(scores, right, inside, c) for c in CUTS}
         rows[label] = row
-    kind = index.manifest["index"]["type"]
+    kind = index.manifest.index.type
     return {"catalog": name, "entities": len(entities), "indexed": len(kept),
             "held_out": len(held), "queries": len(queries), "index": kind,
-            "calibration": index.manifest.get("calibration", {}).get("held_out"),
+            "calibration": index.manifest.to_dict().get("calibration", {}).get("held_out"),
             "match_qps": round(len(queries) / median(with_s), 1),
             "raw_match_qps": round(len(queries) / median(raw_s), 1), "systems": rows,
             **timed_builds(kept, workdir, runs)}  # fmt: skip

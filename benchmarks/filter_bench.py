@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         table = [[f"{f['share']:.1%}", f"{f['rows']:,}", f"{f['selector_single_ms']:.2f}",
                   f"{f['exact_single_ms']:.2f}", f"{f['selector_batch_ms_per_query']:.2f}",
                   f"{f['exact_batch_ms_per_query']:.2f}"] for f in sweep]  # fmt: skip
-        markdown = (f"# Filtered search paths ({label}, {index.manifest['index']['type']})\n\n"
+        markdown = (f"# Filtered search paths ({label}, {index.manifest.index.type})\n\n"
                     f"`python benchmarks/filter_bench.py --size {args.size} --sweep`\n\n"
                     + markdown_table(headers, table))  # fmt: skip
         write_results(f"filter-sweep-{label}-{args.kind}", {**info, "sweep": sweep}, markdown)
@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     headers = ["path", "selected", "entities", "recall@1", "recall@10", "batch q/s",
                "single p50 ms"]  # fmt: skip
     markdown = (
-        f"# Filtered search ({label} entities, {index.manifest['index']['type']}, "
+        f"# Filtered search ({label} entities, {index.manifest.index.type}, "
         f"nprobe {index.nprobe})\n\n"
         f"`python benchmarks/filter_bench.py --size {args.size} --kind {args.kind}`; "
         f"{args.queries} one-letter-typo names, top {TOP_K}; recall against exact filtered "
@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     data = {"size": size, "kind": args.kind, "queries": args.queries, **info,
             "exact_scan_max_rows, batch":
-            default_limit, "index": index.manifest["index"]["type"], "nprobe": index.nprobe,
+            default_limit, "index": index.manifest.index.type, "nprobe": index.nprobe,
             **out}  # fmt: skip
     write_results(f"filter-{label}-{args.kind}", data, markdown)
     print(markdown)

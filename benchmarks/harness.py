@@ -109,12 +109,12 @@ def ensure_artifact(
     record which sources built it).
     """
     from novelentitymatcher_faiss import build_index
-    from novelentitymatcher_faiss.artifact import read_manifest
+    from novelentitymatcher_faiss.manifest import read_manifest
 
     manifest = None
     if path.exists() and not rebuild:
         try:
-            manifest = read_manifest(path)
+            manifest = read_manifest(path).to_dict()
         except Exception:  # an unreadable leftover is simply rebuilt
             manifest = None
         built_by = (manifest or {}).get("benchmark") or {}
@@ -134,7 +134,7 @@ def ensure_artifact(
             encoder=encoder,
             extra_manifest={"benchmark": stamp},
         )
-        manifest = read_manifest(path)
+        manifest = read_manifest(path).to_dict()
     info = manifest["index"]
     files = manifest["files"]
     index_bytes = files["index.faiss"]["size"]

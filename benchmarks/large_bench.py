@@ -61,8 +61,8 @@ index = build_index(sys.argv[1], sys.argv[2], memory_budget=budget, overwrite=Tr
 status = dict(line.split(":", 1) for line in open("/proc/self/status") if ":" in line)
 print(json.dumps({"wall_s": time.perf_counter() - started,
                   "vm_hwm_bytes": int(status["VmHWM"].split()[0]) * 1024,
-                  "manifest_index": index.manifest["index"],
-                  "counts": index.manifest["counts"]}))
+                  "manifest_index": index.manifest.to_dict()["index"],
+                  "counts": index.manifest.to_dict()["counts"]}))
 """
 
 
@@ -82,11 +82,11 @@ def recall(index: Any, texts: list[str]) -> dict[str, float]:
     from novelentitymatcher_faiss.lexical import featurize
     from novelentitymatcher_faiss.search import exact_knn
 
-    queries = featurize([index._normalize(t, 0) for t in texts], index.encoder, index.lexical)
+    queries = featurize([index.normalize_query(t) for t in texts], index.encoder, index.lexical)
     exact_s, (truth, _) = timed(lambda: exact_knn(queries, index.vectors, 10))
     return {"queries": len(texts),
             **search_recall(index.index, queries, truth, index.vectors, index.nprobe,
-                            rerank=index._rerank, spill=index.spill),
+                            rerank=index.manifest.index.rerank, spill=index.spill),
             "exact_search_s": exact_s}  # fmt: skip
 
 

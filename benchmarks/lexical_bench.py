@@ -155,7 +155,7 @@ def evaluate(settings: LexicalSettings | None, sets: dict, workdir: Path, repeat
         if name == "typo":
             texts = [q for q, _ in queries] * max(1, 20000 // len(queries))
             row["batch_qps"] = round(batch_qps(index.match, texts, repeats, warm=2000))
-            row["artifact_bytes"] = sum(r["size"] for r in index.manifest["files"].values())
+            row["artifact_bytes"] = sum(r["size"] for r in index.manifest.files.values())
     return row
 
 
@@ -176,11 +176,11 @@ def at_scale(catalog: Path, workdir: Path, repeats: int) -> list[dict]:
         out.append({
             "catalog": catalog.name,
             "lexical": settings.to_dict() if settings else None,
-            "index": index.manifest["index"]["factory"],
-            "nprobe": index.manifest["index"]["nprobe"],
+            "index": index.manifest.index.factory,
+            "nprobe": index.manifest.index.nprobe,
             "top1_typo": round(top1(index, queries), 4),
             "batch_qps": round(qps),
-            "artifact_bytes": sum(r["size"] for r in index.manifest["files"].values()),
+            "artifact_bytes": sum(r["size"] for r in index.manifest.files.values()),
         })  # fmt: skip
     out[1]["qps_vs_dense"] = round(out[1]["batch_qps"] / out[0]["batch_qps"], 3)
     return out

@@ -80,8 +80,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from novelentitymatcher_faiss import load_index
     from novelentitymatcher_faiss.artifact import open_faiss_index
-    from novelentitymatcher_faiss.build import _train_and_add, _typo_queries
+    from novelentitymatcher_faiss.indexing import train_and_add
     from novelentitymatcher_faiss.search import exact_knn
+    from novelentitymatcher_faiss.tuning import typo_queries
 
     info = environment(threads)
     size = make_catalog.parse_size(args.size)
@@ -89,8 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     if path is None:
         return 2
     source = load_index(path)
-    vectors, nlist = source.vectors, source.manifest["index"]["nlist"]
-    queries = _typo_queries(path, source.encoder, source.lexical, source.normalizer, 7)
+    vectors, nlist = source.vectors, source.manifest.index.nlist
+    queries = typo_queries(path, source.encoder, source.lexical, source.normalizer, 7)
     queries = queries[: args.queries]
     print(f"{len(vectors):,} vectors of {vectors.shape[1]}-d, {len(queries)} typo queries; "
           "exact search ...", flush=True)  # fmt: skip
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     for m, spill in [(m, s) for m in args.subquantizers for s in args.spill]:
         factory = f"IVF{nlist},PQ{m}x4fs"
         faiss_threads(2)
-        build_s, ix = timed(lambda f=factory, s=spill: _train_and_add(f, vectors, 0, True, spill=s))
+        build_s, ix = timed(lambda f=factory, s=spill: train_and_add(f, vectors, 0, True, spill=s))
         with tempfile.TemporaryDirectory() as tmp:
             file = Path(tmp) / "index.faiss"
             faiss.write_index(ix, str(file))

@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     index = load_index(path)
     index.match(texts[:50])  # loads the model; warms the pages the queries touch
     faiss_threads(1)
-    info_index = index.manifest["index"]
+    info_index = index.manifest.to_dict()["index"]
     nprobe, rerank, spill = index.nprobe, int(info_index.get("rerank") or 0), index.spill
     vectors = index.vectors if rerank > 1 else None
     fetch = fetch_count(index.index.ntotal, 1, rerank, spill)

@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
             num_epochs=args.epochs, max_steps=args.max_steps, seed=args.seed,
             show_progress=True,
         ))  # fmt: skip
-        steps = tuned.manifest["training"]["steps"]
+        steps = tuned.manifest.training["steps"]
         print(f"fine-tuned {args.base_model}: {steps} steps in {seconds} s")
         record(f"fine-tuned {args.base_model} (index)", tuned, mode="full", train_seconds=seconds,
                steps=steps)  # fmt: skip

@@ -108,7 +108,7 @@ def bench(size: int, kind: str, encoder: Any, repeats: int, work: Path) -> dict[
     queries, _ = typo_queries(
         [(e["id"], e["name"], e["aliases"]) for e in change["final"]], 2000, 11
     )
-    lineage = updated["layered"].manifest["lineage"]
+    lineage = updated["layered"].manifest.lineage
     out = {
         "entities": size,
         "kind": kind,
@@ -116,7 +116,7 @@ def bench(size: int, kind: str, encoder: Any, repeats: int, work: Path) -> dict[
         "base_vectors": base["vectors"],
         "added": lineage["added_entities"],
         "removed": lineage["removed_entities"],
-        "encoded_vectors": {m: u.manifest["lineage"]["encoded_vectors"]
+        "encoded_vectors": {m: u.manifest.lineage["encoded_vectors"]
                             for m, u in updated.items()},  # fmt: skip
         "update_s": {mode: statistics.median(runs) for mode, runs in times.items()},
         "update_s_runs": {mode: [round(t, 3) for t in runs] for mode, runs in times.items()},

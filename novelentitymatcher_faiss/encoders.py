@@ -204,7 +204,7 @@ def _load_backend(backend: str, path: Path, trust_remote_code: bool) -> Any:
     except Exception as exc:  # any loader failure is a model problem for the caller
         raise ModelError(f"cannot load {path} as a {backend} model: {exc}") from exc
     if backend == "static":
-        first = next(iter(model._modules.values()), None)
+        first = next(iter(model.children()), None)
         if first is None or "static" not in type(first).__name__.lower():
             name = type(first).__name__ if first is not None else "nothing"
             raise ModelError(

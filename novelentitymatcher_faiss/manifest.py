@@ -306,8 +306,12 @@ class Manifest:
         return manifest
 
     def replace(self, **changes: Any) -> Manifest:
-        """A copy with ``changes`` (field names) applied."""
-        return replace(self, **changes)
+        """A copy with ``changes`` applied: field names set the field, other names go to
+        :attr:`extra` (written as top-level keys)."""
+        known = {f.name for f in fields(self)} - {"extra"}
+        extra = {key: value for key, value in changes.items() if key not in known}
+        fields_changed = {key: value for key, value in changes.items() if key in known}
+        return replace(self, **fields_changed, extra={**self.extra, **extra})
 
 
 _PARSED = {"model", "normalizer", "lexical", "index", "counts", "files", "calibration",

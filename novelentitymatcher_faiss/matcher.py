@@ -131,19 +131,15 @@ class Matcher:
 
     # -- matching ------------------------------------------------------------------------
     def match(
-        self,
-        texts: str | Sequence[str],
-        top_k: int = 1,
-        threshold: float | str | None = None,
-        nprobe: int | None = None,
-        candidates: Iterable[str] | None = None,
-        where: Mapping[str, Any] | None = None,
-        metadata: bool = False,
+        self, texts: str | Sequence[str], top_k: int = 1, threshold: float | str | None = None,
+        **options: Any,
     ) -> Any:
         """Upstream's shape: dict or None (one text, ``top_k=1``), lists otherwise.
 
-        ``candidates`` (entity ids) and ``where`` ({metadata column: condition}) restrict
-        the search to those entities; ``metadata=True`` adds each hit's ``"metadata"``.
+        ``options`` are those of :meth:`~.query.Matchable.match`: ``candidates`` (entity
+        ids) and ``where`` ({metadata column: condition}) restrict the search to those
+        entities; ``metadata=True`` adds each hit's ``"metadata"``; ``nprobe``,
+        ``batch_size``, ``explain``.
 
         ``threshold`` (None: this Matcher's) as in the class docstring: on a calibrated
         artifact each hit carries ``confidence`` and a text with no likely entity gets None.
@@ -160,8 +156,7 @@ class Matcher:
 
             self._scorers[self.scorer] = scorer_for(self.index, self.scorer)
         scorer = self._scorers[self.scorer]
-        return scorer.match(texts, top_k=top_k, threshold=_on(scorer, threshold), nprobe=nprobe,
-                            where=where, candidates=candidates, metadata=metadata)  # fmt: skip
+        return scorer.match(texts, top_k=top_k, threshold=_on(scorer, threshold), **options)
 
     def explain_match(self, query: str, entity_id: str) -> dict[str, Any]:
         """Why ``query`` scores what it does against ``entity_id``: its best text, the dense

@@ -277,7 +277,8 @@ def test_hybrid_scores_are_the_cosine_plus_the_weighted_head_probability(tuned, 
     held = [row["text"] for row in split[1]]
     found = HybridScorer(index, head).match(held, top_k=3, threshold=None)
     plain = index.match(held, top_k=len(index))  # flat: every entity's exact score
-    probabilities = head.probabilities(index.encoder.encode([index.normalize_query(t) for t in held]))
+    normalized = [index.normalize_query(t) for t in held]
+    probabilities = head.probabilities(index.encoder.encode(normalized))
     for hits, candidates, row in zip(found, plain, probabilities, strict=True):
         cosine = {hit["id"]: hit["score"] for hit in candidates}
         assert len(hits) == 3 and [h["score"] for h in hits] == sorted(
