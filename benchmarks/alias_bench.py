@@ -26,10 +26,10 @@ THREADS = pin_threads(2)
 from train_bench import accuracy, catalog_texts, other_entity_typos  # noqa: E402
 
 from novelentitymatcher_faiss import build_index  # noqa: E402
-from novelentitymatcher_faiss.catalog import read_catalog  # noqa: E402
-from novelentitymatcher_faiss.normalize import NormalizerSettings  # noqa: E402
-from novelentitymatcher_faiss.scorers import scorer_for  # noqa: E402
-from novelentitymatcher_faiss.train import (  # noqa: E402
+from novelentitymatcher_faiss.index.catalog import read_catalog  # noqa: E402
+from novelentitymatcher_faiss.query.scorers import scorer_for  # noqa: E402
+from novelentitymatcher_faiss.text.normalize import NormalizerSettings  # noqa: E402
+from novelentitymatcher_faiss.train.training import (  # noqa: E402
     check_training_data,
     holdout_split,
     train_index,

@@ -105,7 +105,7 @@ def derived_auto(builds: dict[str, dict[str, Any]]) -> dict[str, Any]:
     ``AUTO_IVF_KIND`` with the same defaults), so the artifact would be that one, byte for
     byte but for the manifest. Used on the largest catalogs, where a build takes many minutes.
     """
-    from novelentitymatcher_faiss.indexing import AUTO_FLAT_MAX_VECTORS, AUTO_IVF_KIND
+    from novelentitymatcher_faiss.index.indexing import AUTO_FLAT_MAX_VECTORS, AUTO_IVF_KIND
 
     vectors = builds["flat"]["vectors"]
     same = "flat" if vectors < AUTO_FLAT_MAX_VECTORS else AUTO_IVF_KIND
@@ -121,7 +121,7 @@ def probe_open(path: Path, threads: int) -> dict[str, Any]:
     import faiss  # noqa: F401 - imported before measuring, as any user would have
     import numpy  # noqa: F401
 
-    from novelentitymatcher_faiss.match_index import load_index
+    from novelentitymatcher_faiss.query.match_index import load_index
 
     common.faiss_threads(threads)
     import_s = time.perf_counter() - started
@@ -512,7 +512,7 @@ def paired_single(
 
 def bench_size(size: int, encoder: Any, library_sha: str, cfg: Config) -> dict[str, Any]:
     """Every measurement for one catalog size."""
-    from novelentitymatcher_faiss.match_index import load_index
+    from novelentitymatcher_faiss.query.match_index import load_index
 
     print(f"\n== {size} entities", flush=True)
     phase = time.perf_counter()

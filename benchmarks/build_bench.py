@@ -135,7 +135,7 @@ def one_pair(
     """Library and floor builds back to back: the library first on even runs, the floor
     first on odd ones (taking its factory and nprobe from ``previous``, the last run's
     library build: the build is seeded, so they do not change)."""
-    from novelentitymatcher_faiss.indexing import training_sample_size
+    from novelentitymatcher_faiss.index.indexing import training_sample_size
 
     library = library_run(catalog, artifact, kind) if run % 2 == 0 or previous is None else None
     index = (library or previous)["index"]
@@ -151,7 +151,7 @@ def one_pair(
 
 def report(args: argparse.Namespace, info: dict[str, Any], runs: list[dict[str, Any]]) -> None:
     """Print and write ``results/build-SIZE-KIND.{md,json}``."""
-    from novelentitymatcher_faiss.build import BUILD_STAGES
+    from novelentitymatcher_faiss.index.build import BUILD_STAGES
 
     library = median_stages([pair["library"]["stages"] for pair in runs], BUILD_STAGES)
     library["total"] = statistics.median(pair["library"]["total"] for pair in runs)
@@ -196,9 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     import make_catalog
     from harness import catalog_path
 
-    from novelentitymatcher_faiss.perturb import one_letter_typo
-    from novelentitymatcher_faiss.sources import fetch_model
-    from novelentitymatcher_faiss.tuning import TUNING_QUERIES
+    from novelentitymatcher_faiss.index.tuning import TUNING_QUERIES
+    from novelentitymatcher_faiss.models.sources import fetch_model
+    from novelentitymatcher_faiss.text.perturb import one_letter_typo
 
     info = environment(threads, faiss_threads=faiss_threads(2))
     catalog = catalog_path(make_catalog.parse_size(args.size), make_catalog.DEFAULT_SEED)

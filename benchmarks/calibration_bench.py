@@ -36,13 +36,13 @@ from harness import as_entities, test_catalog  # noqa: E402
 from systems import char_tfidf, rapidfuzz_top1  # noqa: E402
 
 from novelentitymatcher_faiss import build_index  # noqa: E402
-from novelentitymatcher_faiss.calibration import (  # noqa: E402
+from novelentitymatcher_faiss.query.calibration import (  # noqa: E402
     DEFAULT_THRESHOLD,
     SCORE_THRESHOLD,
     auroc,
     calibration_error,
 )
-from novelentitymatcher_faiss.perturb import one_letter_typo, partial_text  # noqa: E402
+from novelentitymatcher_faiss.text.perturb import one_letter_typo, partial_text  # noqa: E402
 
 #: Entities kept of the two large catalogs (a seeded sample).
 LARGE_SAMPLE = 20_000

@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args(argv)
     threads = pin_threads(2)
-    from novelentitymatcher_faiss.sources import fetch_model
+    from novelentitymatcher_faiss.models.sources import fetch_model
 
     info = environment(threads)
     model = fetch_model("potion-8m", show_progress=False)

@@ -74,8 +74,8 @@ def truth(index: Any, queries: Any, share: float) -> tuple[list[list[str]], list
     force over the stored vectors."""
     import numpy as np
 
-    from novelentitymatcher_faiss.filters import exact_scan
-    from novelentitymatcher_faiss.search import best_per_entity
+    from novelentitymatcher_faiss.index.search import best_per_entity
+    from novelentitymatcher_faiss.query.filters import exact_scan
 
     selection = {"bucket": {"lt": round(share * 100)}}
     kept = index.columns.mask("bucket", selection["bucket"])
@@ -117,7 +117,7 @@ def path_sweep(index: Any, texts: list[str], rounds: int) -> list[dict[str, Any]
     """Per-query ms of the selector and exact-scan paths, one query at a time (p50 of 30)
     and in batches of ``SWEEP_BATCH``, at each of ``SWEEP_SHARES``: where the library's
     ``EXACT_SCAN_MAX_ROWS`` and ``EXACT_SCAN_BATCH_MAX_ROWS`` come from."""
-    from novelentitymatcher_faiss import filters
+    from novelentitymatcher_faiss.query import filters
 
     saved = filters.EXACT_SCAN_MAX_ROWS, filters.EXACT_SCAN_BATCH_MAX_ROWS
     out = []
@@ -160,8 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     from harness import QUERY_SEED, catalog_rows, typo_queries
 
     from novelentitymatcher_faiss import filters, load_index
-    from novelentitymatcher_faiss.lexical import featurize
-    from novelentitymatcher_faiss.normalize import normalize_text
+    from novelentitymatcher_faiss.text.lexical import featurize
+    from novelentitymatcher_faiss.text.normalize import normalize_text
 
     info = environment(threads)
     size = make_catalog.parse_size(args.size)

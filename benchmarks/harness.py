@@ -74,7 +74,7 @@ def typo_queries(
     rows: list[Row], count: int, seed: int
 ) -> tuple[list[str], list[str]]:
     """``count`` one-letter-typo versions of random entity names, and their entity ids."""
-    from novelentitymatcher_faiss.perturb import one_letter_typo
+    from novelentitymatcher_faiss.text.perturb import one_letter_typo
 
     rng = random.Random(seed)
     texts, ids = [], []
@@ -109,7 +109,7 @@ def ensure_artifact(
     record which sources built it).
     """
     from novelentitymatcher_faiss import build_index
-    from novelentitymatcher_faiss.manifest import read_manifest
+    from novelentitymatcher_faiss.artifact.manifest import read_manifest
 
     manifest = None
     if path.exists() and not rebuild:
@@ -212,7 +212,7 @@ def search_recall(ix: Any, queries: Any, truth: Any, vectors: Any, nprobe: int,
     library's ``search`` over FAISS index ``ix`` for float32 ``queries`` (q, d), against
     ``truth`` int64 (q, 10), the exact top-10 rows over float32 ``vectors`` (n, d);
     ``options``: ``search``'s (rerank, spill)."""
-    from novelentitymatcher_faiss.search import recall_at_k, search
+    from novelentitymatcher_faiss.index.search import recall_at_k, search
 
     _, found = search(ix, queries, 10, nprobe=nprobe, vectors=vectors, **options)
     _, first = search(ix, queries, 1, nprobe=nprobe, vectors=vectors, **options)

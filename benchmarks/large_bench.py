@@ -79,8 +79,8 @@ def build(catalog: Path, out: Path, budget: str, options: dict[str, Any]) -> dic
 
 def recall(index: Any, texts: list[str]) -> dict[str, float]:
     """recall@1, R@10 (exact top-1 among the 10 returned) and 10-recall@10 on ``texts``."""
-    from novelentitymatcher_faiss.lexical import featurize
-    from novelentitymatcher_faiss.search import exact_knn
+    from novelentitymatcher_faiss.index.search import exact_knn
+    from novelentitymatcher_faiss.text.lexical import featurize
 
     queries = featurize([index.normalize_query(t) for t in texts], index.encoder, index.lexical)
     exact_s, (truth, _) = timed(lambda: exact_knn(queries, index.vectors, 10))

@@ -41,12 +41,12 @@ THREADS = pin_threads(2)
 from harness import read_csv, test_catalog, unique_aliases  # noqa: E402
 
 from novelentitymatcher_faiss import build_index  # noqa: E402
-from novelentitymatcher_faiss.lexical import (  # noqa: E402
+from novelentitymatcher_faiss.text.lexical import (  # noqa: E402
     PHONETIC_FEATURES,
     LexicalSettings,
     fold,
 )
-from novelentitymatcher_faiss.perturb import one_letter_typo  # noqa: E402
+from novelentitymatcher_faiss.text.perturb import one_letter_typo  # noqa: E402
 
 CATALOGS = ("products_mcc", "universities", "currencies", "languages", "timezones",
             "industries_sic", "occupations")  # fmt: skip

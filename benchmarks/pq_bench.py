@@ -44,7 +44,7 @@ def measure(ix: Any, queries: Any, vectors: Any, truth: Any, nprobes: list[int],
     """Recall and single-query latency of ``ix`` at each nprobe."""
     from harness import search_recall
 
-    from novelentitymatcher_faiss.search import search
+    from novelentitymatcher_faiss.index.search import search
 
     rows = []
     options = {"vectors": vectors, "rerank": rerank, "spill": spill}
@@ -79,10 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     from harness import existing_artifact
 
     from novelentitymatcher_faiss import load_index
-    from novelentitymatcher_faiss.artifact import open_faiss_index
-    from novelentitymatcher_faiss.indexing import train_and_add
-    from novelentitymatcher_faiss.search import exact_knn
-    from novelentitymatcher_faiss.tuning import typo_queries
+    from novelentitymatcher_faiss.artifact.files import open_faiss_index
+    from novelentitymatcher_faiss.index.indexing import train_and_add
+    from novelentitymatcher_faiss.index.search import exact_knn
+    from novelentitymatcher_faiss.index.tuning import typo_queries
 
     info = environment(threads)
     size = make_catalog.parse_size(args.size)

@@ -71,7 +71,7 @@ def batch_qps(index: Any, texts: list[str], rounds: int) -> dict[str, float]:
     the staged list scans threaded (this version) and kept on one thread (the previous
     behaviour: ``search.PARALLEL_SCAN_MIN_VECTORS`` set past any scan), in alternating
     passes; medians over ``rounds``."""
-    from novelentitymatcher_faiss import search as search_module
+    from novelentitymatcher_faiss.index import search as search_module
 
     default = search_module.PARALLEL_SCAN_MIN_VECTORS
     runs: dict[str, list[float]] = {"threaded_scans": [], "one_thread_scans": []}
@@ -101,7 +101,7 @@ def quantizer_variants(
     import faiss
     import numpy as np
 
-    from novelentitymatcher_faiss.search import exact_knn, recall_at_k
+    from novelentitymatcher_faiss.index.search import exact_knn, recall_at_k
 
     ivf = faiss.extract_index_ivf(faiss_index)
     queries = np.vstack(encoded)
@@ -146,7 +146,13 @@ def early_stop_figures(
     import faiss
     import numpy as np
 
-    from novelentitymatcher_faiss.search import best_of, exact_knn, hits_at_k, search, search_lists
+    from novelentitymatcher_faiss.index.search import (
+        best_of,
+        exact_knn,
+        hits_at_k,
+        search,
+        search_lists,
+    )
 
     early, queries = index.early_stop, np.vstack(encoded)
     graph = index.stage_quantizer
@@ -191,9 +197,9 @@ def main(argv: list[str] | None = None) -> int:
     from harness import QUERY_SEED, catalog_rows, existing_artifact, typo_queries
 
     from novelentitymatcher_faiss import load_index
-    from novelentitymatcher_faiss.lexical import featurize
-    from novelentitymatcher_faiss.normalize import normalize_text
-    from novelentitymatcher_faiss.search import fetch_count, search, search_params
+    from novelentitymatcher_faiss.index.search import fetch_count, search, search_params
+    from novelentitymatcher_faiss.text.lexical import featurize
+    from novelentitymatcher_faiss.text.normalize import normalize_text
 
     info = environment(threads)
     size = make_catalog.parse_size(args.size)

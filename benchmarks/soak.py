@@ -32,7 +32,7 @@ THREADS = pin_threads(2)
 WARM_SECONDS = 10.0
 
 from novelentitymatcher_faiss import build_index, load_index  # noqa: E402
-from novelentitymatcher_faiss.perturb import one_letter_typo  # noqa: E402
+from novelentitymatcher_faiss.text.perturb import one_letter_typo  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

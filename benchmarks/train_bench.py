@@ -54,13 +54,13 @@ from common import (
 THREADS = pin_threads(2)
 
 from novelentitymatcher_faiss import build_index  # noqa: E402
-from novelentitymatcher_faiss.artifact import MODEL_DIR  # noqa: E402
-from novelentitymatcher_faiss.catalog import read_catalog  # noqa: E402
-from novelentitymatcher_faiss.encoders import load_encoder  # noqa: E402
-from novelentitymatcher_faiss.normalize import NormalizerSettings, normalize_text  # noqa: E402
-from novelentitymatcher_faiss.perturb import one_letter_typo  # noqa: E402
-from novelentitymatcher_faiss.scorers import HeadScorer, HybridScorer, load_head  # noqa: E402
-from novelentitymatcher_faiss.train import (  # noqa: E402
+from novelentitymatcher_faiss.artifact.files import MODEL_DIR  # noqa: E402
+from novelentitymatcher_faiss.index.catalog import read_catalog  # noqa: E402
+from novelentitymatcher_faiss.models.encoders import load_encoder  # noqa: E402
+from novelentitymatcher_faiss.query.scorers import HeadScorer, HybridScorer, load_head  # noqa: E402
+from novelentitymatcher_faiss.text.normalize import NormalizerSettings, normalize_text  # noqa: E402
+from novelentitymatcher_faiss.text.perturb import one_letter_typo  # noqa: E402
+from novelentitymatcher_faiss.train.training import (  # noqa: E402
     check_training_data,
     holdout_split,
     train_index,

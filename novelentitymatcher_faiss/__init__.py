@@ -18,6 +18,20 @@ from .errors import (
     TrainingError,
 )
 
+#: The public names that load their module at first use (keeps ``import`` fast), by module.
+_LAZY = {
+    "build_index": "index.build", "BuildConfig": "index.build",
+    "IndexConfig": "index.indexing", "TuningConfig": "index.tuning",
+    "update_index": "index.update",
+    "load_index": "query.match_index", "MatchIndex": "query.match_index",
+    "load_shards": "query.shards", "ShardedIndex": "query.shards",
+    "Manifest": "artifact.manifest", "read_manifest": "artifact.manifest",
+    "train_index": "train.training", "TrainConfig": "train.training",
+    "Matcher": "matcher",
+    "load_encoder": "models.encoders",
+    "register_model": "models.registry", "ModelSpec": "models.registry",
+}  # fmt: skip
+
 __all__ = [
     "ArtifactCorruptError",
     "ArtifactError",
@@ -26,51 +40,20 @@ __all__ = [
     "ArtifactMissingError",
     "CatalogError",
     "FingerprintMismatchError",
-    "MatchIndex",
-    "Matcher",
     "ModelError",
     "ModelNotFoundError",
     "NemFaissError",
     "QueryError",
     "TrainingError",
     "__version__",
-    "build_index",
-    "load_encoder",
-    "load_index",
-    "register_model",
-    "load_shards",
-    "ShardedIndex",
-    "update_index",
+    *_LAZY,
 ]
 
 
 def __getattr__(name: str):  # noqa: ANN202 - lazy public API keeps `import` fast
-    if name == "build_index":
-        from .build import build_index
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'novelentitymatcher_faiss' has no attribute {name!r}")
+    from importlib import import_module
 
-        return build_index
-    if name in ("load_shards", "ShardedIndex"):
-        from . import shards
-
-        return getattr(shards, name)
-    if name == "update_index":
-        from .update import update_index
-
-        return update_index
-    if name in ("load_index", "MatchIndex"):
-        from . import match_index
-
-        return getattr(match_index, name)
-    if name == "Matcher":
-        from .matcher import Matcher
-
-        return Matcher
-    if name == "load_encoder":
-        from .encoders import load_encoder
-
-        return load_encoder
-    if name in ("register_model", "ModelSpec"):
-        from . import registry
-
-        return getattr(registry, name)
-    raise AttributeError(f"module 'novelentitymatcher_faiss' has no attribute {name!r}")
+    return getattr(import_module(f".{module}", __name__), name)

@@ -9,10 +9,10 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from .errors import NemFaissError
-from .registry import DEFAULT_MODEL
+from .models.registry import DEFAULT_MODEL
 
 if TYPE_CHECKING:
-    from .lexical import LexicalSettings
+    from .text.lexical import LexicalSettings
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -261,7 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _lexical(args: argparse.Namespace) -> bool | LexicalSettings:
     """``--no-lexical``: False; ``--no-name-map``: the default settings without the map."""
-    from .lexical import LexicalSettings
+    from .text.lexical import LexicalSettings
 
     if args.no_lexical:
         return False
@@ -269,7 +269,7 @@ def _lexical(args: argparse.Namespace) -> bool | LexicalSettings:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from .build import build_index
+    from .index.build import build_index
 
     index = build_index(
         args.catalog,
@@ -298,7 +298,7 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _update(args: argparse.Namespace) -> int:
-    from .update import update_index
+    from .index.update import update_index
 
     remove = list(args.remove)
     if args.remove_file:
@@ -325,7 +325,7 @@ def _update(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .train import train_index
+    from .train.training import train_index
 
     index = train_index(
         args.catalog,
@@ -368,14 +368,14 @@ def _print_hits(text: str, hits: list[dict[str, Any]], as_json: bool) -> None:
 
 def _open_index(args: argparse.Namespace) -> Any:
     """``args.artifact`` opened, with every ``--shard`` as one shard set when given."""
-    from .match_index import load_index
-    from .shards import load_shards
+    from .query.match_index import load_index
+    from .query.shards import load_shards
 
     return load_shards([args.artifact, *args.shard]) if args.shard else load_index(args.artifact)
 
 
 def _query(args: argparse.Namespace) -> int:
-    from .scorers import scorer_for
+    from .query.scorers import scorer_for
 
     index = _open_index(args)
     where, candidates = parse_filters(args.where, args.candidates)
@@ -396,7 +396,7 @@ def _query(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .serve import make_server
+    from .query.serve import make_server
 
     index = _open_index(args)
     server = make_server(index, args.host, args.port, max_batch=args.max_batch,
@@ -444,8 +444,8 @@ def _print_calibration(model: Any) -> None:
 
 
 def _diagnose(args: argparse.Namespace) -> int:
-    from .diagnostics import diagnose, explain_match
-    from .match_index import load_index
+    from .query.diagnostics import diagnose, explain_match
+    from .query.match_index import load_index
 
     index = load_index(args.artifact)
     where, candidates = parse_filters(args.where, args.candidates)
@@ -470,7 +470,7 @@ def _stdin_batches(size: int = 1024) -> Any:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from .manifest import read_manifest
+    from .artifact.manifest import read_manifest
 
     manifest = read_manifest(args.artifact)
     if args.json:
@@ -502,7 +502,7 @@ def _info(args: argparse.Namespace) -> int:
     print(f"built:      {manifest.created_at} in {manifest.build_seconds} s")
     stages = manifest.build_stages
     if stages:
-        from .build import BUILD_STAGES
+        from .index.build import BUILD_STAGES
 
         ordered = sorted(stages, key=lambda n: BUILD_STAGES.index(n) if n in BUILD_STAGES else 99)
         print("stages:     " + ", ".join(f"{name} {stages[name]:.2f} s" for name in ordered))
@@ -536,7 +536,7 @@ def _print_lexical(lexical: Any) -> None:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from .match_index import load_index
+    from .query.match_index import load_index
 
     index = load_index(args.artifact, verify="full")
     print(f"ok: {args.artifact} ({len(index.manifest.files)} files, sha256 verified)")
@@ -544,7 +544,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _models(args: argparse.Namespace) -> int:
-    from . import registry, sources
+    from .models import registry, sources
 
     if args.models_command == "list":
         print(f"{'alias':<11} {'backend':<22} {'dim':>5} {'mrl':<4} {'train':<5} {'cached':<6} id")

@@ -10,14 +10,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .artifact import atomic_directory, file_records, list_files
-from .calibration import AUTO, SCORE_THRESHOLD, resolve_threshold
+from .artifact.files import atomic_directory, file_records, list_files
+from .artifact.manifest import read_manifest, write_manifest
 from .errors import NemFaissError, TrainingError
-from .manifest import read_manifest, write_manifest
-from .match_index import MatchIndex, load_index
-from .registry import DEFAULT_MODEL
-from .scorers import SCORERS
-from .train import MODES
+from .models.registry import DEFAULT_MODEL
+from .query.calibration import AUTO, SCORE_THRESHOLD, resolve_threshold
+from .query.match_index import MatchIndex, load_index
+from .query.scorers import SCORERS
+from .train.training import MODES
 
 
 class Matcher:
@@ -89,13 +89,13 @@ class Matcher:
         frozen model; "full" fine-tunes the body with SetFit first (static models fall back
         to mpnet, with a warning). ``batch_size`` is the training batch (16) when training,
         the encoding batch otherwise. Other keyword arguments go to
-        :func:`~novelentitymatcher_faiss.train.train_index` (``max_steps``, ``distill``,
+        :func:`~.training.train_index` (``max_steps``, ``distill``,
         ``learning_rate``, ...) or, zero-shot, to :func:`build_index`. ``texts`` and
         ``labels`` (upstream's other form) give the same examples as two lists. Returns
         ``self``.
         """
-        from .build import build_index
-        from .train import train_index
+        from .index.build import build_index
+        from .train.training import train_index
 
         if self.entities is None:
             raise NemFaissError(
@@ -136,7 +136,7 @@ class Matcher:
     ) -> Any:
         """Upstream's shape: dict or None (one text, ``top_k=1``), lists otherwise.
 
-        ``options`` are those of :meth:`~.query.Matchable.match`: ``candidates`` (entity
+        ``options`` are those of :meth:`~.protocol.Matchable.match`: ``candidates`` (entity
         ids) and ``where`` ({metadata column: condition}) restrict the search to those
         entities; ``metadata=True`` adds each hit's ``"metadata"``; ``nprobe``,
         ``batch_size``, ``explain``.
@@ -152,7 +152,7 @@ class Matcher:
             raise NemFaissError("call fit() (or Matcher.load) before match()")
         threshold = self.threshold if threshold is None else threshold
         if self.scorer not in self._scorers:
-            from .scorers import scorer_for
+            from .query.scorers import scorer_for
 
             self._scorers[self.scorer] = scorer_for(self.index, self.scorer)
         scorer = self._scorers[self.scorer]
@@ -165,7 +165,7 @@ class Matcher:
         calibrated artifact with ``confidence``, the entity must be the top hit and clear the
         threshold on confidence; see :func:`~.diagnostics.explain_match`). Scores are the
         index's (for a trained artifact, before the head's re-ranking)."""
-        from .diagnostics import explain_match
+        from .query.diagnostics import explain_match
 
         index = self._opened()
         explained = explain_match(index, query, entity_id)
@@ -193,7 +193,7 @@ class Matcher:
         """The best ``top_k`` candidates of ``query`` with their score parts, and the
         decision at this Matcher's threshold with its reason (see
         :func:`~.diagnostics.diagnose`); index scores, as :meth:`explain_match`."""
-        from .diagnostics import diagnose
+        from .query.diagnostics import diagnose
 
         index = self._opened()
         return diagnose(index, query, threshold=_on(index, self.threshold), top_k=top_k,

@@ -13,7 +13,7 @@ with a softmax over all English names (temperature 0.05) to put each foreign nam
 one-letter typo of it, nearest its English name; English names with a typo are positives
 too, so typo robustness is kept. 20% of the input n-grams are dropped at random each step.
 
-    python scripts/train_name_map.py                       # writes novelentitymatcher_faiss/data
+    python scripts/train_name_map.py            # writes novelentitymatcher_faiss/text/data
     python scripts/train_name_map.py --hold-out-entities --out DIR        # a one-off check
 
 ``--hold-out-entities`` leaves out a fixed quarter of the entities (crc32 of the code) so
@@ -41,17 +41,17 @@ sys.path.insert(0, str(REPO_DIR / "benchmarks"))
 
 from lexical_bench import LOCALES, entity_codes  # noqa: E402
 
-from novelentitymatcher_faiss.artifact import sha256_file  # noqa: E402
-from novelentitymatcher_faiss.lexical import (  # noqa: E402
+from novelentitymatcher_faiss.artifact.files import sha256_file  # noqa: E402
+from novelentitymatcher_faiss.text.lexical import (  # noqa: E402
     HASH_NAME,
     PHONETIC_FEATURES,
     LexicalSettings,
     fold,
     lexical_vectors,
 )
-from novelentitymatcher_faiss.namemap import CARD_VERSION, DATA_DIR, DEFAULT_MAP  # noqa: E402
-from novelentitymatcher_faiss.normalize import normalize_text  # noqa: E402
-from novelentitymatcher_faiss.perturb import one_letter_typo  # noqa: E402
+from novelentitymatcher_faiss.text.namemap import CARD_VERSION, DATA_DIR, DEFAULT_MAP  # noqa: E402
+from novelentitymatcher_faiss.text.normalize import normalize_text  # noqa: E402
+from novelentitymatcher_faiss.text.perturb import one_letter_typo  # noqa: E402
 
 NEAR_COPIES = ("en", "no", "nn", "bs", "gsw")
 KINDS = ("territories", "languages")

@@ -10,7 +10,7 @@ import pytest
 @pytest.fixture(scope="session")
 def potion_path() -> Path:
     """Folder of potion-base-8M (model2vec, 256 dims) in the normal cache."""
-    from novelentitymatcher_faiss.sources import fetch_model
+    from novelentitymatcher_faiss.models.sources import fetch_model
 
     return fetch_model("potion-8m", show_progress=False)
 
@@ -18,7 +18,7 @@ def potion_path() -> Path:
 @pytest.fixture(scope="session")
 def minilm_path() -> Path:
     """Folder of all-MiniLM-L6-v2 (sentence-transformers, 384 dims) in the normal cache."""
-    from novelentitymatcher_faiss.sources import fetch_model
+    from novelentitymatcher_faiss.models.sources import fetch_model
 
     return fetch_model("minilm", show_progress=False)
 

@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from novelentitymatcher_faiss.arrays import (
+from novelentitymatcher_faiss.artifact.arrays import (
     advise_random,
     gather_rows,
     load_array,
     prefetch,
 )
-from novelentitymatcher_faiss.search import iter_chunks, scores_of_rows
+from novelentitymatcher_faiss.index.search import iter_chunks, scores_of_rows
 
 ROWS, DIM = 40_000, 256  # 40 MB of float32
 
@@ -100,7 +100,7 @@ def drop_from_page_cache(path: Path) -> None:
 def test_scattered_rows_are_asked_for_once_per_page(stored):
     import mmap
 
-    from novelentitymatcher_faiss.arrays import _asked_pages, _mapping, resident_pages
+    from novelentitymatcher_faiss.artifact.arrays import _asked_pages, _mapping, resident_pages
 
     path, _ = stored
     drop_from_page_cache(path)
@@ -122,7 +122,7 @@ def test_scattered_rows_are_asked_for_once_per_page(stored):
 
 
 def test_pages_already_in_the_page_cache_are_not_asked_for(stored):
-    from novelentitymatcher_faiss.arrays import _asked_pages, _mapping, resident_pages
+    from novelentitymatcher_faiss.artifact.arrays import _asked_pages, _mapping, resident_pages
 
     path, matrix = stored
     path.read_bytes()  # the whole file is in the page cache now

@@ -8,8 +8,13 @@ import numpy as np
 import pytest
 
 from novelentitymatcher_faiss import build_index
-from novelentitymatcher_faiss.budget import index_bytes, parse_bytes, pick_kind, pq_subquantizers
-from novelentitymatcher_faiss.indexing import (
+from novelentitymatcher_faiss.index.budget import (
+    index_bytes,
+    parse_bytes,
+    pick_kind,
+    pq_subquantizers,
+)
+from novelentitymatcher_faiss.index.indexing import (
     HNSW_QUANTIZER_EF,
     HNSW_QUANTIZER_MIN_NLIST,
     MAX_ASSIGN_MULTIPLY_ADDS,

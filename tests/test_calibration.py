@@ -10,7 +10,13 @@ import pycountry
 import pytest
 
 from novelentitymatcher_faiss import Matcher, build_index, load_index
-from novelentitymatcher_faiss.calibration import (
+from novelentitymatcher_faiss.errors import (
+    ArtifactCorruptError,
+    ArtifactIncompatibleError,
+    NemFaissError,
+    QueryError,
+)
+from novelentitymatcher_faiss.query.calibration import (
     DEFAULT_THRESHOLD,
     FEATURES,
     MIN_ENTITIES,
@@ -20,13 +26,7 @@ from novelentitymatcher_faiss.calibration import (
     fit_logistic,
     resolve_threshold,
 )
-from novelentitymatcher_faiss.errors import (
-    ArtifactCorruptError,
-    ArtifactIncompatibleError,
-    NemFaissError,
-    QueryError,
-)
-from novelentitymatcher_faiss.perturb import one_letter_typo
+from novelentitymatcher_faiss.text.perturb import one_letter_typo
 
 
 def _subdivisions() -> list[dict]:
@@ -188,7 +188,7 @@ def test_calibrated_query_path_imports_nothing_heavy(split, calibrated):
         f"hit = load_index({str(calibrated.path)!r}).match({split[0][0]['name']!r}, "
         "threshold='auto')\n"
         "assert hit is not None and 'confidence' in hit, hit\n"
-        "from novelentitymatcher_faiss.scorers import scorer_for\n"
+        "from novelentitymatcher_faiss.query.scorers import scorer_for\n"
         f"scorer_for(load_index({str(calibrated.path)!r})).match('x')\n"
         "heavy = ('torch', 'transformers', 'huggingface_hub', 'scipy', 'tqdm', 'setfit',"
         " 'sentence_transformers', 'model2vec', 'sklearn', 'novelentitymatcher_faiss.train')\n"

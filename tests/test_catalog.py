@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from novelentitymatcher_faiss import CatalogError, NemFaissError
-from novelentitymatcher_faiss.catalog import read_catalog
+from novelentitymatcher_faiss.index.catalog import read_catalog
 
 DATA = Path(__file__).parent / "data"
 

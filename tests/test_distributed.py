@@ -16,10 +16,10 @@ from novelentitymatcher_faiss import (  # noqa: E402
     build_index,
     load_shards,
 )
-from novelentitymatcher_faiss.catalog import read_catalog  # noqa: E402
-from novelentitymatcher_faiss.distributed import build_with_ray  # noqa: E402
-from novelentitymatcher_faiss.manifest import SET_FILE  # noqa: E402
-from novelentitymatcher_faiss.perturb import one_letter_typo  # noqa: E402
+from novelentitymatcher_faiss.artifact.manifest import SET_FILE  # noqa: E402
+from novelentitymatcher_faiss.index.catalog import read_catalog  # noqa: E402
+from novelentitymatcher_faiss.index.distributed import build_with_ray  # noqa: E402
+from novelentitymatcher_faiss.text.perturb import one_letter_typo  # noqa: E402
 
 PRODUCTS = Path(__file__).parent / "data" / "products_mcc.csv"
 

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 
 from novelentitymatcher_faiss import ArtifactCorruptError, ArtifactError, build_index, load_index
-from novelentitymatcher_faiss.catalog import read_catalog
-from novelentitymatcher_faiss.lexical import featurize
-from novelentitymatcher_faiss.normalize import normalize_text
-from novelentitymatcher_faiss.perturb import one_letter_typo
-from novelentitymatcher_faiss.search import EarlyStop, ExactTopK, search
-from novelentitymatcher_faiss.tuning import lowest_safe_margin, plan_early_stop, plan_rank
+from novelentitymatcher_faiss.index.catalog import read_catalog
+from novelentitymatcher_faiss.index.search import EarlyStop, ExactTopK, search
+from novelentitymatcher_faiss.index.tuning import lowest_safe_margin, plan_early_stop, plan_rank
+from novelentitymatcher_faiss.text.lexical import featurize
+from novelentitymatcher_faiss.text.normalize import normalize_text
+from novelentitymatcher_faiss.text.perturb import one_letter_typo
 
 PRODUCTS = Path(__file__).parent / "data" / "products_mcc.csv"
 OPTIONS = {"nlist": 32, "nprobe": 16, "show_progress": False}
@@ -244,7 +244,7 @@ def graphed(tmp_path_factory: pytest.TempPathFactory) -> object:
 def test_a_stage_graph_is_stored_checked_and_keeps_top1(
     graphed: object, built: dict, typos: list, tmp_path: Path
 ) -> None:
-    from novelentitymatcher_faiss.artifact import STAGE_GRAPH_FILE, sha256_file
+    from novelentitymatcher_faiss.artifact.files import STAGE_GRAPH_FILE, sha256_file
 
     index = graphed
     stop = index.manifest.to_dict()["index"]["early_stop"]
@@ -280,7 +280,7 @@ def test_list_scans_on_two_threads_find_what_one_thread_finds(
 ) -> None:
     """search_lists splits a large scan over queries and lists (FAISS parallel_mode 2):
     the same hits as one thread, and the caller's OpenMP setting comes back unchanged."""
-    from novelentitymatcher_faiss.search import (
+    from novelentitymatcher_faiss.index.search import (
         IVF_PARALLEL_MODE,
         PARALLEL_SCAN_MIN_VECTORS,
         search_lists,

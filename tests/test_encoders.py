@@ -8,7 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from novelentitymatcher_faiss.encoders import (
+from novelentitymatcher_faiss.errors import (
+    FingerprintMismatchError,
+    ModelError,
+    ModelNotFoundError,
+    QueryError,
+)
+from novelentitymatcher_faiss.models.encoders import (
     Encoder,
     detect_backend,
     fingerprint_dir,
@@ -16,19 +22,13 @@ from novelentitymatcher_faiss.encoders import (
     l2_normalize,
     load_encoder,
 )
-from novelentitymatcher_faiss.errors import (
-    FingerprintMismatchError,
-    ModelError,
-    ModelNotFoundError,
-    QueryError,
-)
-from novelentitymatcher_faiss.registry import (
+from novelentitymatcher_faiss.models.registry import (
     ModelSpec,
     get_spec,
     register_model,
     unregister_model,
 )
-from novelentitymatcher_faiss.sources import SOURCE_DIR, _write_source, models_dir, safe_name
+from novelentitymatcher_faiss.models.sources import SOURCE_DIR, _write_source, models_dir, safe_name
 
 TEXTS = ["Apple Inc.", "Apple Incorporated", "Microsoft Corporation", "Deutsche Bank AG"]
 
@@ -353,7 +353,7 @@ def test_fingerprint_stamps_are_reused_and_never_stale(potion, potion_path, tmp_
     import json
     import os
 
-    from novelentitymatcher_faiss.encoders import STAMPS_FILE
+    from novelentitymatcher_faiss.models.encoders import STAMPS_FILE
 
     monkeypatch.setenv("NEM_FAISS_CACHE_DIR", str(tmp_path / "cache"))
     copy = tmp_path / "copy"

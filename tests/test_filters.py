@@ -24,12 +24,12 @@ from novelentitymatcher_faiss import (
     load_shards,
     update_index,
 )
-from novelentitymatcher_faiss import filters as filters_module
-from novelentitymatcher_faiss.catalog import read_catalog
 from novelentitymatcher_faiss.cli import main as cli_main
-from novelentitymatcher_faiss.lexical import featurize
-from novelentitymatcher_faiss.normalize import normalize_text
-from novelentitymatcher_faiss.perturb import one_letter_typo
+from novelentitymatcher_faiss.index.catalog import read_catalog
+from novelentitymatcher_faiss.query import filters as filters_module
+from novelentitymatcher_faiss.text.lexical import featurize
+from novelentitymatcher_faiss.text.normalize import normalize_text
+from novelentitymatcher_faiss.text.perturb import one_letter_typo
 
 ZONES = Path(__file__).parent / "data" / "timezones.csv"
 AMERICAS = ["US", "CA", "MX", "BR", "AR"]

@@ -21,11 +21,11 @@ from novelentitymatcher_faiss import (
     load_encoder,
     load_index,
 )
-from novelentitymatcher_faiss.artifact import sha256_file
-from novelentitymatcher_faiss.catalog import read_catalog
-from novelentitymatcher_faiss.lexical import LexicalSettings, featurize
-from novelentitymatcher_faiss.normalize import normalize_text
-from novelentitymatcher_faiss.perturb import one_letter_typo
+from novelentitymatcher_faiss.artifact.files import sha256_file
+from novelentitymatcher_faiss.index.catalog import read_catalog
+from novelentitymatcher_faiss.text.lexical import LexicalSettings, featurize
+from novelentitymatcher_faiss.text.normalize import normalize_text
+from novelentitymatcher_faiss.text.perturb import one_letter_typo
 
 DATA = Path(__file__).parent / "data"
 PRODUCTS = DATA / "products_mcc.csv"
@@ -338,7 +338,7 @@ def test_search_leaves_the_callers_thread_setting_alone():
     """torch shares OpenMP's thread setting: a search must not change what the caller set."""
     import faiss
 
-    from novelentitymatcher_faiss.search import search
+    from novelentitymatcher_faiss.index.search import search
 
     index = faiss.IndexFlatIP(8)
     index.add(np.random.default_rng(0).random((100, 8), dtype=np.float32))

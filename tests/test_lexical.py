@@ -10,16 +10,16 @@ import numpy as np
 import pytest
 
 from novelentitymatcher_faiss import build_index, load_encoder, load_index
-from novelentitymatcher_faiss.catalog import read_catalog
-from novelentitymatcher_faiss.lexical import (
+from novelentitymatcher_faiss.index.catalog import read_catalog
+from novelentitymatcher_faiss.text.lexical import (
     LexicalSettings,
     combine,
     featurize,
     lexical_vectors,
     spelling_forms,
 )
-from novelentitymatcher_faiss.normalize import normalize_text
-from novelentitymatcher_faiss.perturb import one_letter_typo
+from novelentitymatcher_faiss.text.normalize import normalize_text
+from novelentitymatcher_faiss.text.perturb import one_letter_typo
 
 DATA = Path(__file__).parent / "data"
 SETTINGS = LexicalSettings()
@@ -84,7 +84,7 @@ def test_spelling_forms_bring_variants_across_languages_together():
 
 def test_hashing_is_stable_across_processes():
     code = (
-        "from novelentitymatcher_faiss.lexical import LexicalSettings, lexical_vectors;"
+        "from novelentitymatcher_faiss.text.lexical import LexicalSettings, lexical_vectors;"
         "import sys; vector = lexical_vectors(['Grüße aus Köln'], LexicalSettings());"
         "sys.stdout.write(vector.tobytes().hex())"
     )

@@ -15,13 +15,13 @@ from novelentitymatcher_faiss import (
     load_index,
     load_shards,
 )
-from novelentitymatcher_faiss.build import BuildConfig, build
-from novelentitymatcher_faiss.catalog import read_catalog
-from novelentitymatcher_faiss.indexing import IndexConfig
-from novelentitymatcher_faiss.manifest import SET_FILE, Manifest, ShardSet, read_manifest
-from novelentitymatcher_faiss.perturb import one_letter_typo
-from novelentitymatcher_faiss.train import TrainConfig
-from novelentitymatcher_faiss.tuning import TuningConfig
+from novelentitymatcher_faiss.artifact.manifest import SET_FILE, Manifest, ShardSet, read_manifest
+from novelentitymatcher_faiss.index.build import BuildConfig, build
+from novelentitymatcher_faiss.index.catalog import read_catalog
+from novelentitymatcher_faiss.index.indexing import IndexConfig
+from novelentitymatcher_faiss.index.tuning import TuningConfig
+from novelentitymatcher_faiss.text.perturb import one_letter_typo
+from novelentitymatcher_faiss.train.training import TrainConfig
 
 DATA = Path(__file__).parent / "data"
 CURRENCIES = DATA / "currencies.csv"

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from novelentitymatcher_faiss import Matcher, NemFaissError, TrainingError, build_index
-from novelentitymatcher_faiss.catalog import read_catalog
+from novelentitymatcher_faiss.index.catalog import read_catalog
 
 UNIVERSITIES = Path(__file__).parent / "data" / "universities.csv"
 

@@ -9,9 +9,9 @@ import pytest
 from babel import Locale
 
 from novelentitymatcher_faiss import build_index, load_index
-from novelentitymatcher_faiss.lexical import LexicalSettings, featurize, fold, lexical_vectors
-from novelentitymatcher_faiss.namemap import DATA_DIR, DEFAULT_MAP, load_name_map, project
-from novelentitymatcher_faiss.normalize import normalize_text
+from novelentitymatcher_faiss.text.lexical import LexicalSettings, featurize, fold, lexical_vectors
+from novelentitymatcher_faiss.text.namemap import DATA_DIR, DEFAULT_MAP, load_name_map, project
+from novelentitymatcher_faiss.text.normalize import normalize_text
 
 #: Locales of the lexical benchmark; the shipped map was trained without any of them.
 BENCHMARK_LOCALES = ("de", "fr", "es", "it", "pt", "nl", "sv", "da", "nb", "pl", "cs", "ro",

@@ -1,4 +1,4 @@
-from novelentitymatcher_faiss.normalize import NormalizerSettings, normalize_text
+from novelentitymatcher_faiss.text.normalize import NormalizerSettings, normalize_text
 
 
 def test_default_strips_lowercases_and_collapses_whitespace():

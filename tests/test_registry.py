@@ -4,9 +4,9 @@ import dataclasses
 
 import pytest
 
-from novelentitymatcher_faiss import registry
 from novelentitymatcher_faiss.errors import ModelError
-from novelentitymatcher_faiss.registry import (
+from novelentitymatcher_faiss.models import registry
+from novelentitymatcher_faiss.models.registry import (
     DEFAULT_MODEL,
     DEFAULT_TRAINING_MODEL,
     ModelSpec,

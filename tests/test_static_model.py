@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from model2vec import StaticModel
 
-from novelentitymatcher_faiss.encoders import static_mean
-from novelentitymatcher_faiss.static_model import load_static_parts, map_safetensors
+from novelentitymatcher_faiss.models.encoders import static_mean
+from novelentitymatcher_faiss.models.static_model import load_static_parts, map_safetensors
 
 DATA = Path(__file__).parent / "data"
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from novelentitymatcher_faiss.artifact.strings import StringTable, StringTableWriter
 from novelentitymatcher_faiss.errors import ArtifactCorruptError
-from novelentitymatcher_faiss.strings import StringTable, StringTableWriter
 
 WORDS = ["Zürich", "", "東京", "São Paulo", "x" * 300, "New York"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from novelentitymatcher_faiss.timing import StageClock, stage_table
+from novelentitymatcher_faiss.index.timing import StageClock, stage_table
 
 
 def test_nested_stage_time_counts_for_the_inner_stage_only():

@@ -26,15 +26,15 @@ import pytest
 from transformers import TrainerCallback
 
 from novelentitymatcher_faiss import Matcher, TrainingError, build_index
-from novelentitymatcher_faiss.artifact import MODEL_DIR
-from novelentitymatcher_faiss.catalog import read_catalog
+from novelentitymatcher_faiss.artifact.files import MODEL_DIR
 from novelentitymatcher_faiss.cli import main as cli_main
-from novelentitymatcher_faiss.encoders import fingerprint_dir, load_encoder
-from novelentitymatcher_faiss.match_index import load_index
-from novelentitymatcher_faiss.normalize import NormalizerSettings, normalize_text
-from novelentitymatcher_faiss.scorers import HEAD_FILE, ClassifierHead
-from novelentitymatcher_faiss.sources import fetch_model
-from novelentitymatcher_faiss.train import (
+from novelentitymatcher_faiss.index.catalog import read_catalog
+from novelentitymatcher_faiss.models.encoders import fingerprint_dir, load_encoder
+from novelentitymatcher_faiss.models.sources import fetch_model
+from novelentitymatcher_faiss.query.match_index import load_index
+from novelentitymatcher_faiss.query.scorers import HEAD_FILE, ClassifierHead
+from novelentitymatcher_faiss.text.normalize import NormalizerSettings, normalize_text
+from novelentitymatcher_faiss.train.training import (
     check_training_data,
     choose_mode,
     fit_head,
@@ -269,7 +269,12 @@ def test_saved_matcher_reopens_with_every_scorer(tuned, split):
 
 
 def test_hybrid_scores_are_the_cosine_plus_the_weighted_head_probability(tuned, split):
-    from novelentitymatcher_faiss.scorers import HYBRID_WEIGHT, HeadScorer, HybridScorer, load_head
+    from novelentitymatcher_faiss.query.scorers import (
+        HYBRID_WEIGHT,
+        HeadScorer,
+        HybridScorer,
+        load_head,
+    )
 
     index = tuned["matcher"].index
     head = load_head(index)
@@ -319,7 +324,7 @@ def test_head_only_keeps_the_body_untouched_and_out_of_the_artifact(head_only, s
         train_index(CATALOG, split[0], tmp_path / "x", model="minilm", mode="full",
                     bundle_model=False, show_progress=False)  # fmt: skip
     from novelentitymatcher_faiss import update_index
-    from novelentitymatcher_faiss.scorers import load_head
+    from novelentitymatcher_faiss.query.scorers import load_head
 
     labels = load_head(head_only.index).labels
     for compact in (False, True):  # layered and rewritten updates both keep the head
@@ -340,8 +345,8 @@ def test_head_only_keeps_the_body_untouched_and_out_of_the_artifact(head_only, s
 
 
 def test_hybrid_gives_no_bonus_to_a_labelled_entity_an_update_removed(tuned, split, tmp_path):
-    from novelentitymatcher_faiss.scorers import scorer_for
-    from novelentitymatcher_faiss.update import update_index
+    from novelentitymatcher_faiss.index.update import update_index
+    from novelentitymatcher_faiss.query.scorers import scorer_for
 
     label = split[1][0]["label"]
     texts = [row["text"] for row in split[1] if row["label"] == label]

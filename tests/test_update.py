@@ -22,8 +22,8 @@ from novelentitymatcher_faiss import (
     load_index,
     update_index,
 )
-from novelentitymatcher_faiss.catalog import read_catalog
 from novelentitymatcher_faiss.cli import main as cli_main
+from novelentitymatcher_faiss.index.catalog import read_catalog
 
 PRODUCTS = Path(__file__).parent / "data" / "products_mcc.csv"
 NLIST = 16
