@@ -259,7 +259,7 @@ def recall_and_sweep(
             **top10,
             "recall_at_1": recall_figures(exact, first)["recall_at_1"],
             "recall_at_1_top10_search": top10["recall_at_1"],
-            "nprobe": indexes[kind].nprobe,
+            "nprobe": indexes[kind].breadth,  # IVF nprobe or HNSW efSearch
             "early_stop": indexes[kind].manifest.to_dict()["index"].get("early_stop"),
             "typo_top1_accuracy": top1_accuracy(first, truth_ids),
         }

@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     texts, _ = typo_queries(catalog_rows(size), args.queries, QUERY_SEED + 3)
     vectors = featurize([normalize_text(t, index.normalizer) for t in texts], index.encoder,
                         index.lexical)  # fmt: skip
-    print(f"  {index!r}, nprobe {index.nprobe}")
+    print(f"  {index!r}, nprobe {index.breadth}")
     if args.sweep:
         sweep = path_sweep(index, texts, args.rounds)
         label = make_catalog.size_label(size)
@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
                "single p50 ms"]  # fmt: skip
     markdown = (
         f"# Filtered search ({label} entities, {index.manifest.index.type}, "
-        f"nprobe {index.nprobe})\n\n"
+        f"nprobe {index.breadth})\n\n"
         f"`python benchmarks/filter_bench.py --size {args.size} --kind {args.kind}`; "
         f"{args.queries} one-letter-typo names, top {TOP_K}; recall against exact filtered "
         f"search over the artifact's vectors; medians of {args.rounds} rounds; "
@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     data = {"size": size, "kind": args.kind, "queries": args.queries, **info,
             "exact_scan_max_rows, batch":
-            default_limit, "index": index.manifest.index.type, "nprobe": index.nprobe,
+            default_limit, "index": index.manifest.index.type, "nprobe": index.breadth,
             **out}  # fmt: skip
     write_results(f"filter-{label}-{args.kind}", data, markdown)
     print(markdown)

@@ -126,8 +126,8 @@ def bench(size: int, kind: str, encoder: Any, repeats: int, work: Path) -> dict[
                                         for m, u in updated.items()},  # fmt: skip
         "batch_qps": {m: batch_qps(u.match, queries)
                       for m, u in {**updated, "rebuilt": rebuilt}.items()},  # fmt: skip
-        "nprobe_updated": updated["layered"].nprobe,
-        "nprobe_rebuilt": rebuilt.nprobe,
+        "nprobe_updated": updated["layered"].breadth,
+        "nprobe_rebuilt": rebuilt.breadth,
     }
     del updated, rebuilt
     for name in ("layered", "compacted", "rebuilt"):
