@@ -249,8 +249,8 @@ def _not_probed(lists: np.ndarray, probed: np.ndarray) -> np.ndarray:
     first = probed.shape[1]
     same = np.all(np.sort(lists[:, :first], axis=1) == np.sort(probed, axis=1), axis=1)
     out[same, :first] = -1
-    for row in np.flatnonzero(~same):
-        out[row, np.isin(lists[row], probed[row])] = -1
+    for row in np.flatnonzero(~same):  # a few short rows: no np.isin (it imports numpy.ma)
+        out[row, (lists[row][:, None] == probed[row][None, :]).any(axis=1)] = -1
     return out
 
 
