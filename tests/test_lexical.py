@@ -11,12 +11,16 @@ import pytest
 
 from novelentitymatcher_faiss import build_index, load_encoder, load_index
 from novelentitymatcher_faiss.index.catalog import read_catalog
+from novelentitymatcher_faiss.index.update import update_index
 from novelentitymatcher_faiss.text.lexical import (
+    WORDS_FILE,
     LexicalSettings,
+    WordWeights,
     combine,
     featurize,
     lexical_vectors,
     spelling_forms,
+    text_words,
 )
 from novelentitymatcher_faiss.text.normalize import normalize_text
 from novelentitymatcher_faiss.text.perturb import one_letter_typo
@@ -206,3 +210,86 @@ def test_single_text_path_equals_the_batch_path():
         batch = lexical_vectors(texts, settings)
         single = np.vstack([lexical_vectors([t], settings) for t in texts])
         np.testing.assert_array_equal(batch, single)
+
+
+def catalog_texts(name: str) -> list[str]:
+    """Normalized names and aliases of a tests/data catalog."""
+    return [normalize_text(t) for e in read_catalog(DATA / f"{name}.csv")
+            for t in (e["name"], *e["aliases"])]  # fmt: skip
+
+
+def test_word_weights_count_rare_words_more_than_generic_ones():
+    texts = catalog_texts("universities")
+    words = WordWeights.learn(texts)
+    assert words.texts == len(texts) and len(words.hashes) == len(set(words.hashes.tolist()))
+    generic, rare, unseen = words.weights(["university", "harvard", "zzyzx"])
+    assert generic < rare < unseen  # a word in no text weighs most
+    assert (words.weights(["university"]) * 64 % 1 == 0).all()  # multiples of 1/64
+    assert text_words("Zürich  Ü-Bahn") == ["zurich", "u-bahn"]
+    # the generic word's n-grams count for less of the vector
+    plain, weighted = LexicalSettings(), LexicalSettings(word_idf=True).learned(texts)
+    pair = ["Harvard University", "Yale University"]
+    a, b = (lexical_vectors(pair, s) for s in (plain, weighted))
+    assert (b[0, :128] @ b[1, :128]) < (a[0, :128] @ a[1, :128])
+    assert plain.learned(texts) is plain  # off: nothing learned
+
+
+def test_weighted_single_text_path_equals_the_batch_path():
+    rng = random.Random(1)
+    alphabet = "abcdeé üßΣσς中文🙂\t\nxyz  \u0301\u02d8\u00a8\u2002"
+    texts = ["".join(rng.choice(alphabet) for _ in range(rng.randrange(30))) for _ in range(300)]
+    texts += ["", "  ", "a", "Zürich", "ΟΔΟΣ", *catalog_texts("universities")]
+    learned = WordWeights.learn(texts[::2])
+    for settings in (LexicalSettings(word_idf=True, words=learned),
+                     LexicalSettings(word_idf=True, words=learned, name_map=0.0, dim=97)):
+        batch = lexical_vectors(texts, settings)
+        single = np.vstack([lexical_vectors([t], settings) for t in texts])
+        np.testing.assert_array_equal(batch, single)  # fmt: skip
+
+
+def test_word_weights_are_learned_at_build_stored_and_checked(tmp_path):
+    built = build_index(DATA / "universities.csv", tmp_path / "u", keep_vectors=True,
+                        lexical=LexicalSettings(word_idf=True), batch_size=16,
+                        show_progress=False)  # fmt: skip
+    section = built.manifest.to_dict()["lexical"]["word_idf"]
+    assert section["version"] == 1 and section["texts"] == built.n_vectors
+    assert WORDS_FILE in built.manifest.files
+    index = load_index(built.path, verify="full")
+    assert index.lexical.words is not None and index.lexical == built.lexical
+    learned = WordWeights.learn(catalog_texts("universities"))
+    np.testing.assert_array_equal(index.lexical.words.to_array(), learned.to_array())
+    # rows written after the catalog was counted equal the query-side features
+    texts = [normalize_text(index.texts[i]) for i in range(index.n_vectors)]
+    stored = np.load(built.path / "vectors.npy")
+    np.testing.assert_array_equal(stored, featurize(texts, index.encoder, index.lexical))
+    assert index.match("Harvrd University")["id"] == "harvard_university"
+    # a manifest entry this version does not know, or a table that does not match it
+    entry = built.manifest.to_dict()["lexical"]
+    with pytest.raises(ValueError, match="unsupported word weights"):
+        LexicalSettings.from_dict({**entry, "word_idf": {**section, "version": 2}})
+    for change, message in (({"words": 3}, "expected uint32"), ({"sha256": "0" * 64}, "sha256")):
+        declared = LexicalSettings.from_dict({**entry, "word_idf": {**section, **change}})
+        with pytest.raises(ValueError, match=message):
+            declared.with_words(built.path)
+    declared = LexicalSettings.from_dict(entry)  # read from a manifest: no table yet
+    assert declared == index.lexical and declared.words is None
+    with pytest.raises(ValueError, match="without their word weights"):
+        lexical_vectors(["Harvard"], declared)
+    # settings without the entry (older artifacts) read as before: no weights
+    assert LexicalSettings.from_dict(SETTINGS.to_dict()) == SETTINGS
+    assert "word_idf" not in SETTINGS.to_dict()
+
+
+def test_updates_keep_the_parent_word_weights(tmp_path):
+    built = build_index(DATA / "universities.csv", tmp_path / "u",
+                        lexical=LexicalSettings(word_idf=True), show_progress=False)  # fmt: skip
+    added = [{"id": "new_u", "name": "Zzyzx Polytechnic University", "aliases": []}]
+    for compact in (True, False):
+        updated = update_index(built.path, tmp_path / f"c{compact}", add=added,
+                               compact=compact, show_progress=False)  # fmt: skip
+        reopened = load_index(updated.path, verify="full")
+        assert reopened.manifest.lexical == built.manifest.lexical
+        np.testing.assert_array_equal(reopened.lexical.words.to_array(),
+                                      built.lexical.words.to_array())  # fmt: skip
+        assert reopened.match("Zzyzx Polytechnic Univ")["id"] == "new_u"
+        assert reopened.match("Harvard University")["id"] == "harvard_university"

@@ -14,7 +14,7 @@ import shutil
 import sys
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -166,10 +166,11 @@ def build(
                                    show_progress=progress)  # fmt: skip
     with atomic_directory(Path(path), overwrite=config.overwrite) as tmp:
         with clock.stage("encode catalog"):
-            counts, columns = encode_catalog(
+            counts, columns, lexical = encode_catalog(
                 entities, tmp, encoder, config.lexical, config.normalizer, config.batch_size,
                 progress,
             )
+        config = replace(config, lexical=lexical)  # word weights, when learned, are set now
         vectors = load_array(tmp / VECTORS_FILE, np.float32, ndim=2)
         advise_random(vectors)  # samples and re-ranks gather rows: no read-around
         plan = plan_index(config.index, vectors.shape)

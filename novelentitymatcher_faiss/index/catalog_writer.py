@@ -5,8 +5,11 @@ map and ``vectors.npy`` (each entity's distinct normalized texts, encoded in bat
 from __future__ import annotations
 
 import json
+import math
 from array import array
+from collections import Counter
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +22,14 @@ from ..artifact.files import ROW_ENTITY_FILE, VECTORS_FILE
 from ..artifact.strings import StringTable, StringTableWriter
 from ..errors import CatalogError
 from ..models.encoders import Encoder
-from ..text.lexical import LexicalSettings, featurize
+from ..text.lexical import (
+    LexicalSettings,
+    WordWeights,
+    combine,
+    featurize,
+    lexical_vectors,
+    text_words,
+)
 from ..text.normalize import NormalizerSettings, normalize_text
 from .catalog import MAX_TEXT_CHARS, read_catalog
 
@@ -30,7 +40,10 @@ class CatalogWriter:
     :meth:`add` normalizes an entity's name and aliases (duplicates dropped) and encodes them
     in batches; :meth:`add_copied` copies entities from another artifact, whose vector rows
     the caller appends with :meth:`append_vectors` (updates reuse vectors that way). Rows
-    keep the order entities arrive in.
+    keep the order entities arrive in. Lexical settings with ``word_idf`` and no table yet:
+    the texts' words are counted while the dense part is encoded, and :meth:`close` learns
+    the table (:attr:`lexical` then holds it) and writes the lexical part of every row; a
+    table, learned or given (updates keep their parent's), is written as ``WORDS_FILE``.
     """
 
     def __init__(
@@ -55,6 +68,9 @@ class CatalogWriter:
         self.row_entity = array("q")
         self.max_per_entity = 0
         self._batch: list[str] = []
+        self._learn = lexical is not None and lexical.word_idf and lexical.words is None
+        self._words: Counter[str] = Counter()
+        self._counted = 0
 
     def add(self, entity: Mapping[str, Any]) -> None:
         """Add a validated entity, encoding its distinct normalized texts."""
@@ -106,6 +122,13 @@ class CatalogWriter:
         self.columns_section = self.columns.close()
         for writer in (self.ids, self.records, self.texts, self.vectors):
             writer.close()
+        if self._learn and self.lexical is not None:
+            words = WordWeights.from_counts(self._words, self._counted)
+            self.lexical = replace(self.lexical, words=words, word_record=words.record())
+            self._learn = False
+            self._fill_lexical()
+        if self.lexical is not None and self.lexical.words is not None:
+            self.lexical.words.save(self.tmp)
         np.save(
             self.tmp / ROW_ENTITY_FILE,
             np.frombuffer(self.row_entity, dtype=np.int64),
@@ -123,9 +146,33 @@ class CatalogWriter:
         self.records.add(record)
 
     def _flush(self) -> None:
-        if self._batch:
+        if not self._batch:
+            return
+        if self._learn and self.lexical is not None:  # lexical part: zeros until close()
+            for text in self._batch:
+                self._words.update(set(text_words(text)))
+            self._counted += len(self._batch)
+            dense = self.encoder.encode(self._batch, batch_size=self.batch_size)
+            empty = np.zeros((len(dense), self.lexical.width), dtype=np.float32)
+            self.vectors.append(combine(dense, empty, self.lexical.weight))
+        else:
             self.vectors.append(featurize(self._batch, self.encoder, self.lexical, self.batch_size))
-            self._batch.clear()
+        self._batch.clear()
+
+    def _fill_lexical(self, block: int = 8192) -> None:
+        """Write the lexical columns of ``vectors.npy`` from the texts table, in blocks (the
+        texts normalized again, as :meth:`add` did), with the learned word weights."""
+        assert self.lexical is not None
+        vectors = np.load(self.tmp / VECTORS_FILE, mmap_mode="r+", allow_pickle=False)
+        texts = StringTable(self.tmp, "texts")
+        for start in range(0, len(texts), block):
+            rows = range(start, min(start + block, len(texts)))
+            normalized = [normalize_text(texts[i][:MAX_TEXT_CHARS], self.settings) for i in rows]
+            lex = lexical_vectors(normalized, self.lexical)
+            np.multiply(lex, math.sqrt(self.lexical.weight), casting="unsafe",
+                        out=vectors[start : start + len(rows), self.encoder.dim :])  # fmt: skip
+        vectors.flush()
+        del vectors
 
 
 def encode_catalog(
@@ -136,9 +183,10 @@ def encode_catalog(
     settings: NormalizerSettings,
     batch_size: int,
     show_progress: bool,
-) -> tuple[dict[str, int], dict[str, Any]]:
+) -> tuple[dict[str, int], dict[str, Any], LexicalSettings | None]:
     """Stream entities into the string tables, metadata columns and ``vectors.npy`` (their
-    texts encoded); returns the manifest's counts and columns sections."""
+    texts encoded); returns the manifest's counts and columns sections and the lexical
+    settings the vectors were made with (word weights learned, :class:`CatalogWriter`)."""
     writer = CatalogWriter(tmp, encoder, lexical, settings, batch_size)
     total = (
         len(entities) if hasattr(entities, "__len__") and not isinstance(entities, str) else None
@@ -149,6 +197,6 @@ def encode_catalog(
         bar.update(1)
     bar.close()
     counts = writer.close()
-    return counts, writer.columns_section
+    return counts, writer.columns_section, writer.lexical
 
 

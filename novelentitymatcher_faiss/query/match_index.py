@@ -87,7 +87,10 @@ class MatchIndex(Matchable):
         self.path = Path(path)
         self.manifest = manifest
         self.model_dim = manifest.model.dim
-        self.lexical = manifest.lexical
+        try:  # word weights, when the artifact has them, are read and checked here
+            self.lexical = None if manifest.lexical is None else manifest.lexical.with_words(path)
+        except (OSError, ValueError) as exc:
+            raise ArtifactCorruptError(f"{path}: lexical word weights: {exc}") from None
         self.dim = self.model_dim + (self.lexical.width if self.lexical else 0)
         self.n_entities = manifest.counts.entities
         self.n_vectors = manifest.counts.vectors
