@@ -98,6 +98,8 @@ class CatalogWriter:
         ``keep`` bool (n_entities,); ``rows_per_entity`` int64 (n_entities,) their vector
         row counts. Their vector rows are the caller's to append (:meth:`append_vectors`).
         """
+        if self._learn:
+            raise ValueError("copied vectors need the word weights they were made with")
         self._flush()
         records = StringTable(source, "entities", ext=".jsonl")
         self.ids.add_rows(StringTable(source, "ids"), keep)
