@@ -1,8 +1,9 @@
 """Retrain path: labelled examples -> SetFit -> [model2vec distill] -> catalog re-encoded.
 
 ``train_index`` reads top to bottom: check the examples against the catalog, choose the
-mode, load a trainable sentence-transformer (static models fall back to ``mpnet`` with a
-warning), fine-tune its body with SetFit's contrastive phase (``full`` only), optionally
+mode, load the body: ``head-only`` keeps the model asked for (static ones too: the body
+stays frozen), ``full`` needs a trainable sentence-transformer (static models fall back to
+``mpnet`` with a warning) and fine-tunes it with SetFit's contrastive phase; optionally
 distill the result into a model2vec static model, fit a logistic-regression head on the
 final model's vectors, and write a new artifact with :func:`build.build_index` that bundles
 the model folder (body and head), so the artifact is self-contained. Everything is written
@@ -395,7 +396,7 @@ class TrainConfig:
 
     ``mode``: "zero-shot" (no training), "head-only" (body frozen, head fitted), "full"
     (SetFit body fine-tuning, then the head); None picks one (:func:`choose_mode`).
-    ``model``: the model asked for (a static one trains ``TRAINING_MODEL`` instead).
+    ``model``: the body (``full`` fine-tunes ``TRAINING_MODEL`` instead of a static one).
     ``num_epochs``, ``batch_size``, ``max_steps``, ``learning_rate`` and
     ``sampling_strategy`` drive SetFit's pair training, on the examples plus up to
     ``anchors`` catalog texts (:func:`catalog_anchors`); ``seed`` seeds it all.
@@ -507,7 +508,11 @@ def train(
     _check_mode(mode, examples, config)
     if mode == "zero-shot":
         return build(entities, path, replace(build_config, model=config.model))
-    base = load_encoder(training_model(config.model), show_progress=build_config.show_progress)
+    base_name = config.model if mode == "head-only" else training_model(config.model)
+    base = load_encoder(base_name, show_progress=build_config.show_progress)
+    if config.distill and base.backend != "sentence-transformers":
+        raise TrainingError(f"distill turns a sentence-transformer into a static model; "
+                            f"{config.model!r} is a static {base.backend} model")  # fmt: skip
     record = _training_record(mode, config, base, examples)
     bundle = bool(mode == "full" or config.distill) if config.bundle_model is None else (
         config.bundle_model
@@ -517,7 +522,8 @@ def train(
         folder, suffix = _trained_body(base, mode, entities, examples, work, config, record,
                                        bundle, build_config)  # fmt: skip
         del base  # the body is on disk: free it before the head's model loads
-        encoder, head_file = _fit_head(folder, suffix, examples, config, record, bundle, work,
+        source = str(folder) if bundle else base_name  # unbundled: the registry's model
+        encoder, head_file = _fit_head(source, suffix, examples, config, record, bundle, work,
                                        build_config.embedding_dim)  # fmt: skip
         catalog: Any = entities
         if config.example_aliases:
@@ -618,7 +624,7 @@ def _trained_body(
 
 
 def _fit_head(
-    folder: Path,
+    source: str,
     suffix: str,
     examples: list[dict[str, str]],
     config: TrainConfig,
@@ -627,17 +633,17 @@ def _fit_head(
     work: Path,
     embedding_dim: int | None,
 ) -> tuple[Encoder, Path]:
-    """Fit the head on the examples' vectors of the final model and save it (in the
-    bundled ``folder``, else in ``work``); returns (the encoder the artifact is built
+    """Fit the head on the examples' vectors of the final model (``source``: the bundled
+    folder, or the registry model an unbundled head-only artifact names) and save it (in
+    the bundled folder, else in ``work``); returns (the encoder the artifact is built
     with, named after the base model and ``suffix``; the head file)."""
     base_name = record["base_model"]["name"]
-    source = str(folder) if bundle else training_model(config.model)  # unbundled: the registry's
     encoder = load_encoder(source, embedding_dim=embedding_dim, show_progress=False)
     head = fit_head(encoder.encode([example["text"] for example in examples]),
                     [example["label"] for example in examples], config.head_c)  # fmt: skip
-    head_file = head.save(folder if bundle else work)
+    head_file = head.save(Path(source) if bundle else work)
     if bundle:
-        encoder = _renamed(encoder, folder, f"{base_name}-{suffix}",
+        encoder = _renamed(encoder, Path(source), f"{base_name}-{suffix}",
                            base_id=f"{record['base_model']['id']} ({suffix})")  # fmt: skip
     record["head"] = {"type": "logistic-regression", "c": config.head_c, "labels": len(head.labels)}
     return encoder, head_file
