@@ -458,6 +458,31 @@ def test_distill_writes_a_static_artifact(tuned, split, tmp_path):
     assert top1(index, train) > 0.8
 
 
+
+def test_head_only_on_a_static_model_keeps_it_static(split, tmp_path):
+    import warnings
+
+    train, held = split
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback to a trainable model, no warning
+        index = train_index(CATALOG, train, tmp_path / "static-head", model="potion-8m",
+                            mode="head-only", show_progress=False)  # fmt: skip
+    manifest = index.manifest
+    assert manifest.model.name == "potion-8m" and manifest.model.backend == "model2vec"
+    assert manifest.training["base_model"]["name"] == "potion-8m" and not manifest.model.bundled
+    potion = fetch_model("potion-8m", show_progress=False)
+    assert manifest.model.fingerprint == fingerprint_dir(potion)
+    assert manifest.size() < 10_000_000 and (index.path / HEAD_FILE).is_file()
+    # the head reads the static vectors: re-ranking, it finds more held-out variants than
+    # the index alone
+    from novelentitymatcher_faiss.query.scorers import scorer_for
+
+    assert top1(scorer_for(index, "hybrid"), held) > top1(scorer_for(index, "index"), held)
+    with pytest.raises(TrainingError, match="static"):
+        train_index(CATALOG, train, tmp_path / "x", model="potion-8m", mode="head-only",
+                    distill=True, show_progress=False)  # fmt: skip
+
+
 # ---------------------------------------------------------------------------- mpnet
 
 
