@@ -256,14 +256,12 @@ class Manifest:
 
     def query_fields(self) -> dict[str, Any]:
         """The :data:`QUERY_FIELDS` values, by name (JSON values, comparable)."""
-        data = self.to_dict()
-        out = {}
-        for name in QUERY_FIELDS:
-            value: Any = data
-            for key in name.split("."):
-                value = value.get(key) if isinstance(value, dict) else None
-            out[name] = value
-        return out
+        values = (
+            self.model.fingerprint, self.model.dim, self.normalizer.to_dict(),
+            None if self.lexical is None else self.lexical.to_dict(), self.index_dim,
+            self.metric, self.max_text_chars,
+        )  # fmt: skip
+        return dict(zip(QUERY_FIELDS, values, strict=True))
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object written as ``manifest.json``."""
@@ -359,8 +357,12 @@ def new_manifest(**values: Any) -> Manifest:
     and the time stamp, plus ``values`` (field names)."""
     import faiss
 
-    stamp = datetime.now(UTC).isoformat(timespec="seconds")
-    return Manifest(**{"faiss_version": faiss.__version__, "created_at": stamp, **values})
+    return Manifest(**{"faiss_version": faiss.__version__, "created_at": utc_stamp(), **values})
+
+
+def utc_stamp() -> str:
+    """Now, as the manifest's ``created_at`` records it (UTC, whole seconds, ISO 8601)."""
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def read_json(path: Path, what: str) -> Any:

@@ -26,7 +26,6 @@ import shutil
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +45,14 @@ from ..artifact.files import (
     open_faiss_index,
     sha256_file,
 )
-from ..artifact.manifest import Counts, Layers, Manifest, read_manifest, write_manifest
+from ..artifact.manifest import (
+    Counts,
+    Layers,
+    Manifest,
+    read_manifest,
+    utc_stamp,
+    write_manifest,
+)
 from ..errors import ArtifactError, ArtifactExistsError, CatalogError
 from ..models.encoders import Encoder
 from ..query.match_index import MatchIndex, load_index
@@ -433,7 +439,7 @@ def _manifest(
     carried = old.manifest.index.breadth is not None
     return old.manifest.replace(
         library_version=__version__,
-        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        created_at=utc_stamp(),
         counts=counts,
         build_seconds=round(time.perf_counter() - change.started, 3),
         build_stages=None,  # stage times are the parent build's
