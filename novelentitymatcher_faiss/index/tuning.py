@@ -156,10 +156,9 @@ def tune_breadth(
                        file=sys.stderr)  # fmt: skip
         return ok
 
-    share = _predicted_shares(index, exact, candidates) if knob == "nprobe" else None
-    share = share or [1.0] * len(candidates)
-    i = 0 if knob != "nprobe" else next(
-        (j for j, s in enumerate(share) if s >= max(target, top1)), len(share) - 1)
+    i, share = 0, [1.0] * len(candidates)
+    if knob == "nprobe" and len(candidates) > 1:
+        i, share = _predicted_start(index, exact, candidates, max(target, top1))
     if passes(i):
         # a smaller breadth whose predicted share misses by more than the margin fails
         # when searched too (codes only lose exact hits; ties gain a few): not searched
@@ -176,13 +175,15 @@ def tune_breadth(
     return Breadth(chosen, table, measured[chosen][1])
 
 
-def _predicted_shares(index, exact: ExactTopK, candidates: list[int]) -> list[float] | None:  # noqa: ANN001
+def _predicted_start(  # noqa: ANN001 - a faiss.Index
+    index, exact: ExactTopK, candidates: list[int], goal: float
+) -> tuple[int, list[float]]:
     """Per IVF breadth of ``candidates``, the share of ``exact``'s queries whose exact top
-    hit lies in that many nearest lists (:func:`probe_ranks`); None for a single one."""
-    if len(candidates) < 2:
-        return None
+    hit lies in that many nearest lists (:func:`probe_ranks`), and the first breadth whose
+    share reaches ``goal`` (else the last): where :func:`tune_breadth` starts."""
     ranks = probe_ranks(index, exact.queries, exact.result()[1][:, 0])
-    return [float(np.mean(ranks < b)) for b in candidates]
+    share = [float(np.mean(ranks < b)) for b in candidates]
+    return next((j for j, s in enumerate(share) if s >= goal), len(share) - 1), share
 
 
 def measure_breadth(  # noqa: ANN001 - a faiss.Index
