@@ -263,39 +263,35 @@ def fine_tune_body(
     body: Any,
     examples: Sequence[Mapping[str, str]],
     workdir: Path,
-    *,
-    num_epochs: int = 1,
-    batch_size: int = 16,
-    max_steps: int | None = None,
-    learning_rate: float = 2e-5,
-    sampling_strategy: str = "undersampling",
-    seed: int = 0,
+    config: TrainConfig,
     show_progress: bool = True,
-    callbacks: Sequence[Any] = (),
 ) -> int:
-    """SetFit's contrastive phase on a ``SentenceTransformer`` ``body``, in place.
+    """SetFit's contrastive phase on a ``SentenceTransformer`` ``body``, in place, with
+    ``config``'s epochs, batch size, step cap, learning rate, pair sampling, seed and
+    callbacks (transformers ``TrainerCallback``s).
 
     Pairs of examples with the same label are pulled together, other pairs pushed apart
     (CosineSimilarityLoss). Checkpoint output goes under ``workdir``, never the working
-    directory. ``callbacks`` are transformers ``TrainerCallback``s. Returns the steps run.
+    directory. Returns the steps run.
     """
     from setfit import SetFitModel, Trainer, TrainingArguments
     from transformers import ProgressCallback
 
     args = TrainingArguments(
         output_dir=str(workdir / "checkpoints"),
-        batch_size=batch_size,
-        num_epochs=num_epochs,
-        max_steps=max_steps or -1,
-        body_learning_rate=learning_rate,
-        sampling_strategy=sampling_strategy,
-        seed=seed,
+        batch_size=config.batch_size,
+        num_epochs=config.num_epochs,
+        max_steps=config.max_steps or -1,
+        body_learning_rate=config.learning_rate,
+        sampling_strategy=config.sampling_strategy,
+        seed=config.seed,
         report_to="none",
         save_strategy="no",
         logging_strategy="steps" if show_progress else "no",
         show_progress_bar=show_progress,
     )
-    trainer = Trainer(model=SetFitModel(model_body=body), args=args, callbacks=list(callbacks))
+    trainer = Trainer(model=SetFitModel(model_body=body), args=args,
+                      callbacks=list(config.callbacks))  # fmt: skip
     trainer.st_trainer.args.dataloader_pin_memory = False  # CPU: pinning only warns
     if not show_progress:
         trainer.pop_callback(ProgressCallback)
@@ -514,9 +510,9 @@ def train(
         raise TrainingError(f"distill turns a sentence-transformer into a static model; "
                             f"{config.model!r} is a static {base.backend} model")  # fmt: skip
     record = _training_record(mode, config, base, examples)
-    bundle = bool(mode == "full" or config.distill) if config.bundle_model is None else (
-        config.bundle_model
-    )
+    bundle = config.bundle_model
+    if bundle is None:  # a body that training changed exists only in the artifact
+        bundle = mode == "full" or bool(config.distill)
     with tempfile.TemporaryDirectory(prefix="nem-faiss-train-") as tmp:
         work = Path(tmp)
         folder, suffix = _trained_body(base, mode, entities, examples, work, config, record,
@@ -590,13 +586,8 @@ def _trained_body(
         extra = catalog_anchors(entities, labels_of(examples), settings, config.anchors,
                                 config.seed)  # fmt: skip
         with _seeded(config.seed):
-            steps = fine_tune_body(
-                base.model, examples + extra, work, num_epochs=config.num_epochs,
-                batch_size=config.batch_size, max_steps=config.max_steps,
-                learning_rate=config.learning_rate, sampling_strategy=config.sampling_strategy,
-                seed=config.seed, show_progress=build_config.show_progress,
-                callbacks=config.callbacks,
-            )  # fmt: skip
+            steps = fine_tune_body(base.model, examples + extra, work, config,
+                                   build_config.show_progress)  # fmt: skip
         base.model.save_pretrained(str(folder), create_model_card=False)
         _copy_source(base.path, folder)
         record.update(batch_size=config.batch_size, max_steps=config.max_steps, steps=steps,
